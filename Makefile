@@ -1,0 +1,43 @@
+# Two commands for a fresh machine (see README):
+#   make serve   installs what the server needs (no torch) and serves the bundled model
+#   make test    installs everything and runs lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: serve test install-serve install-dev lint typecheck unit demo-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install-serve: $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve]'
+
+# torch first, pinned: this version is a CPU wheel on the machine; anything else pulls CUDA.
+install-dev: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[serve,train,dev]'
+
+serve: install-serve
+	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)
+
+lint:
+	$(BIN)/ruff check .
+
+typecheck:
+	$(BIN)/mypy
+
+test: install-dev lint typecheck
+	$(BIN)/python -m pytest
+
+# Rebuild the bundled demo model from scratch (about 25 minutes on 2 CPU cores).
+demo-model: install-dev
+	$(BIN)/polyhead data synth --out data/scenes --n 2000 --size 128 --seed 0 --overwrite
+	rm -rf runs/scenes
+	$(BIN)/polyhead train --config configs/scenes.yaml --out runs/scenes
+	$(BIN)/polyhead export --run runs/scenes --repo model_repo --name scenes
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

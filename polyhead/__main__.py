@@ -1,0 +1,3 @@
+from polyhead.cli import app
+
+app(prog_name="polyhead")

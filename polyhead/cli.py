@@ -1,0 +1,120 @@
+"""The ``polyhead`` command line: data, train, evaluate, export (training) and serve (serving).
+
+Training commands import torch lazily, inside the command, so a serving host without torch can
+run ``polyhead serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: write synthetic multi-task data.")
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(fn: F) -> F:
+    """Turn the errors a user can cause into a one-line message and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if _is_user_error(e):
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from e
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_user_error(e: Exception) -> bool:
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"PolyheadTrainingError", "DatasetError", "ManifestError", "PolyheadError"})
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Multi-task models: train, evaluate, export, serve."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@data_app.command("synth")
+@_user_errors
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the dataset to.")],
+    n: Annotated[int, typer.Option(min=1, help="Number of scenes.")] = 2000,
+    size: Annotated[int, typer.Option(min=16, max=1024, help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed writes identical files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+) -> None:
+    """Write procedural multi-task scenes (semseg, depth, normals, edges, labels)."""
+    from training.cli import synth
+
+    synth(out, n, size, seed, overwrite)
+
+
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Option(help="YAML training config.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=0.001")
+    ] = None,
+) -> None:
+    """Train a multi-task model."""
+    from training.cli import train as run_train
+
+    run_train(config, out, resume, set_ or [])
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run: Annotated[Path | None, typer.Option(help="A training run directory (PyTorch).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="An exported model: repo/NAME or repo/NAME/VERSION (ONNX Runtime).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: the one trained on).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    baseline: Annotated[
+        list[str] | None, typer.Option(help="Single-task baseline: TASK=RUN_DIR (repeatable).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
+) -> None:
+    """Per-task metrics, and the multi-task delta against single-task baselines."""
+    from training.cli import evaluate as run_evaluate
+
+    run_evaluate(run, model, data, split, baseline or [], batch_size, out)
+
+
+@app.command()
+@_user_errors
+def export(
+    run: Annotated[Path, typer.Option(help="A finished training run directory.")],
+    repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "scenes",
+    data: Annotated[Path | None, typer.Option(help="Dataset for parity and metrics.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split whose metrics go in the manifest.")] = None,
+) -> None:
+    """Export to ONNX, check parity with PyTorch, publish the next version."""
+    from training.cli import export as run_export
+
+    run_export(run, repo, name, data, split)

@@ -1,0 +1,129 @@
+"""The whole training-to-deployment journey through the real CLI, on a tiny dataset."""
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serving.manifest import Manifest
+from serving.manifest.triton_config import load_config
+from tests.conftest import ROOT, polyhead_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, env, cwd):
+    result = subprocess.run(
+        polyhead_cmd() + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, cli_env):
+    work = tmp_path_factory.mktemp("pipeline")
+    data, repo = work / "data", work / "repo"
+    out = {}
+    out["synth"] = run(["data", "synth", "--out", str(data), "--n", "40", "--size", "32"], cli_env, work)
+    common = ["--config", str(ROOT / "configs" / "smoke.yaml"), "--set", f"data.root={data}"]
+    out["train"] = run(["train", *common, "--out", str(work / "runs" / "mt")], cli_env, work)
+    out["baseline"] = run(
+        [
+            "train",
+            *common,
+            "--set",
+            "tasks=[{name: depth, kind: depth}]",
+            "--set",
+            "weighting={name: equal}",
+            "--out",
+            str(work / "runs" / "depth"),
+        ],
+        cli_env,
+        work,
+    )
+    out["evaluate"] = run(
+        ["evaluate", "--run", str(work / "runs" / "mt"), "--baseline", f"depth={work / 'runs' / 'depth'}"],
+        cli_env,
+        work,
+    )
+    out["export"] = run(
+        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"], cli_env, work
+    )
+    out["export2"] = run(
+        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"], cli_env, work
+    )
+    return work, data, repo, out
+
+
+def test_synth_writes_dataset(pipeline):
+    _, data, _, _ = pipeline
+    meta = json.loads((data / "dataset.json").read_text())
+    assert meta["count"] == 40
+    assert len(list((data / "images").glob("*.png"))) == 40
+
+
+def test_train_writes_run_directory(pipeline):
+    work, *_ = pipeline
+    run_dir = work / "runs" / "mt"
+    for name in ("config.yaml", "run.json", "model.safetensors", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "val" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert set(epochs[-1]["val"]) == {"semseg", "depth", "normals", "edges", "shapes", "background"}
+
+
+def test_evaluate_prints_table_and_delta(pipeline):
+    work, _, _, out = pipeline
+    assert "multi-task delta" in out["evaluate"]
+    record = json.loads((work / "runs" / "mt" / "eval_test.json").read_text())
+    base = record["baselines"]["depth"]["rmse"]
+    mt = record["metrics"]["depth"]["rmse"]
+    assert record["delta_mtl"] == pytest.approx(-(mt - base) / base)
+
+
+def test_export_publishes_versions_with_contract(pipeline):
+    _, _, repo, out = pipeline
+    assert "published" in out["export"]
+    assert sorted(p.name for p in (repo / "smoke").iterdir()) == ["1", "2", "config.pbtxt"]
+    for version in (1, 2):
+        m = Manifest.load(repo / "smoke" / str(version) / "manifest.json")
+        assert m.version == version
+        assert m.task_names == ["semseg", "depth", "normals", "edges", "shapes", "background"]
+        assert set(m.metrics) == set(m.task_names)
+        assert len(m.provenance.onnx_sha256) == 64
+    config = load_config(repo / "smoke" / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx"
+    assert [o.name for o in config.outputs] == m.output_names
+
+
+def test_exported_onnx_matches_manifest_and_runs_any_batch(pipeline):
+    _, _, repo, _ = pipeline
+    version = repo / "smoke" / "1"
+    m = Manifest.load(version / "manifest.json")
+    model = onnx.load(str(version / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert [f.name for f in version.iterdir()] == sorted([f.name for f in version.iterdir()])
+    assert sorted(f.name for f in version.iterdir()) == ["manifest.json", "model.onnx"]
+    sess = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == m.output_names
+    for batch in (1, 3, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        outs = sess.run(None, {"image": x})
+        for task, o in zip(m.tasks, outs, strict=True):
+            assert o.shape == (batch, *m.output_shape(task.name))
+
+
+def test_evaluate_exported_model_reproduces_manifest_metrics(pipeline, cli_env):
+    work, data, repo, _ = pipeline
+    target = work / "eval_onnx.json"
+    run(["evaluate", "--model", str(repo / "smoke" / "1"), "--data", str(data), "--out", str(target)], cli_env, work)
+    fresh = json.loads(target.read_text())["metrics"]
+    manifest = Manifest.load(repo / "smoke" / "1" / "manifest.json")
+    for task, metrics in manifest.metrics.items():
+        for name, value in metrics.items():
+            assert fresh[task][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, name)

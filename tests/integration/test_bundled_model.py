@@ -1,0 +1,82 @@
+"""The demo model shipped in model_repo/ is valid, loadable and honest about its metrics."""
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from serving.manifest import Manifest
+from serving.manifest.triton_config import config_from_manifest, load_config
+from tests.conftest import ROOT, polyhead_cmd
+
+VERSION = ROOT / "model_repo" / "scenes" / "1"
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return Manifest.load(VERSION / "manifest.json")
+
+
+def test_bundled_model_is_small_and_self_contained():
+    assert sorted(p.name for p in VERSION.iterdir()) == ["manifest.json", "model.onnx"]
+    assert (VERSION / "model.onnx").stat().st_size < 10 * 1024 * 1024
+
+
+def test_bundled_model_loads_and_outputs_are_the_manifest_tasks(manifest):
+    onnx.checker.check_model(str(VERSION / "model.onnx"), full_check=True)
+    sess = ort.InferenceSession(str(VERSION / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [manifest.input.name]
+    assert [o.name for o in sess.get_outputs()] == manifest.output_names
+    assert manifest.task_names == ["semseg", "depth", "normals", "edges", "shapes", "background"]
+    x = np.zeros((2, 3, manifest.input.height, manifest.input.width), np.float32)
+    for task, out in zip(manifest.tasks, sess.run(None, {"image": x}), strict=True):
+        assert out.shape == (2, *manifest.output_shape(task.name))
+
+
+def test_bundled_config_pbtxt_is_generated_from_the_manifest(manifest):
+    on_disk = load_config(ROOT / "model_repo" / "scenes" / "config.pbtxt")
+    expected = config_from_manifest(manifest)
+    assert on_disk.name == "scenes" and on_disk.platform == "onnxruntime_onnx"
+    assert on_disk.inputs == expected.inputs
+    assert on_disk.outputs == expected.outputs
+    assert on_disk.max_batch_size == manifest.max_batch_size
+
+
+def test_bundled_sha256_matches_the_file(manifest):
+    import hashlib
+
+    assert hashlib.sha256((VERSION / "model.onnx").read_bytes()).hexdigest() == manifest.provenance.onnx_sha256
+
+
+@pytest.mark.slow
+def test_bundled_metrics_match_a_fresh_evaluate(manifest, tmp_path, cli_env):
+    data = manifest.provenance.data
+    root = tmp_path / "scenes"
+    synth = ["data", "synth", "--out", str(root), "--n", str(data["count"]), "--size", str(data["image_size"][0]), "--seed", str(data["seed"])]
+    subprocess.run(polyhead_cmd() + synth, env=cli_env, check=True, capture_output=True, timeout=600)
+    out = tmp_path / "eval.json"
+    result = subprocess.run(
+        polyhead_cmd() + ["evaluate", "--model", str(VERSION), "--data", str(root), "--split", data["split"], "--out", str(out)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    fresh = json.loads(out.read_text())["metrics"]
+    for task, metrics in manifest.metrics.items():
+        for name, value in metrics.items():
+            assert fresh[task][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, name)
+
+
+def test_bundled_model_is_well_above_chance(manifest):
+    m = manifest.metrics
+    assert m["semseg"]["miou"] > 0.5  # chance (uniform over 5 classes) is well under 0.2
+    assert m["background"]["top1"] > 0.7  # chance is 0.25
+    assert m["shapes"]["map"] > 0.7
+    assert m["edges"]["f1"] > 0.4
+    assert m["normals"]["mean_angle"] < 25.0  # a constant "facing the camera" guess is ~30+
+    assert m["depth"]["abs_rel"] < 0.1

@@ -1,0 +1,152 @@
+"""Training-side CLI commands (imported lazily by ``polyhead.cli`` so serving needs no torch)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from training.errors import ConfigError
+from training.evaluate import Metrics, PrimaryMetric
+
+log = logging.getLogger(__name__)
+
+
+def synth(out: Path, n: int, size: int, seed: int, overwrite: bool) -> None:
+    """Write a procedural multi-task dataset."""
+    from training.data.synth import write_dataset
+
+    path = write_dataset(out, n=n, size=size, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {n} scenes of {size}x{size} to {path}")
+
+
+def train(config: Path, out: Path, resume: bool, overrides: list[str]) -> None:
+    """Train from a YAML config into a run directory."""
+    from training.config import load_config
+    from training.trainer import Trainer
+
+    cfg = load_config(config, _parse_overrides(overrides))
+    trainer = Trainer(cfg, out, resume=resume)
+    metrics = trainer.fit()
+    from training.evaluate import format_table
+
+    typer.echo(format_table(metrics))
+    typer.echo(f"run written to {out}")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=0.001), got {item!r}")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def evaluate(
+    run: Path | None,
+    model: Path | None,
+    data: Path | None,
+    split: str,
+    baselines: list[str],
+    batch_size: int,
+    out: Path | None,
+) -> None:
+    """Per-task metrics of a run (PyTorch) or an exported model (ONNX Runtime)."""
+    from training.evaluate import evaluate_model, format_table, multitask_delta, primary_metric, write_metrics
+
+    if (run is None) == (model is None):
+        raise ConfigError("give exactly one of --run (a training run) or --model (an exported version)")
+    if model is not None:
+        metrics, tasks, where = _evaluate_exported(model, data, split, batch_size)
+    else:
+        assert run is not None
+        loaded, dataset = _run_and_data(run, data, split)
+        metrics = evaluate_model(loaded.model(), loaded.tasks, dataset, batch_size)
+        tasks, where = loaded.tasks, run
+    primaries = {t.name: primary_metric(t) for t in tasks}
+    record: dict[str, Any] = {"split": split, "metrics": metrics}
+    baseline_metrics: Metrics = {}
+    deltas: dict[str, float] | None = None
+    if baselines:
+        for task, base_run in _parse_baselines(baselines, primaries).items():
+            loaded_b, dataset_b = _run_and_data(base_run, data, split)
+            if task not in {t.name for t in loaded_b.tasks}:
+                raise ConfigError(f"--baseline {task}={base_run}: that run has no task {task!r}")
+            m = evaluate_model(loaded_b.model(), loaded_b.tasks, dataset_b, batch_size)
+            baseline_metrics[task] = m[task]
+        delta, deltas = multitask_delta(metrics, baseline_metrics, primaries)
+        record.update(baselines=baseline_metrics, delta_mtl=delta, delta_per_task=deltas)
+    typer.echo(format_table(metrics, baseline_metrics or None, deltas, primaries))
+    if deltas is not None:
+        typer.echo(f"multi-task delta (primary metrics, vs single-task): {record['delta_mtl'] * 100:+.2f}%")
+    target = out or (where / f"eval_{split}.json" if run is not None else None)
+    if target is not None:
+        write_metrics(target, record)
+        typer.echo(f"wrote {target}")
+
+
+def _parse_baselines(items: list[str], primaries: dict[str, PrimaryMetric]) -> dict[str, Path]:
+    parsed = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise ConfigError(f"--baseline expects TASK=RUN_DIR, got {item!r}")
+        if task not in primaries:
+            raise ConfigError(f"--baseline {item}: unknown task {task!r}; tasks: {sorted(primaries)}")
+        parsed[task] = Path(path)
+    return parsed
+
+
+def _run_and_data(run_dir: Path, data: Path | None, split: str) -> tuple[Any, Any]:
+    from training.data.folder import FolderDataset
+    from training.runs import load_run
+
+    run = load_run(run_dir)
+    root = data or run.config.data.root
+    if not Path(root).exists():
+        raise ConfigError(f"data folder not found: {root} (pass --data)")
+    names = [t.name for t in run.tasks]
+    cfg = run.config
+    return run, FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+
+
+def _evaluate_exported(model: Path, data: Path | None, split: str, batch_size: int) -> tuple[Metrics, list, Path]:
+    from serving.manifest import Manifest
+    from training.data.folder import FolderDataset
+    from training.evaluate import evaluate_predictor, onnx_predictor
+    from training.publish import MANIFEST_FILE, MODEL_FILE, existing_versions
+    from training.tasks import build_task
+
+    version_dir = model
+    if not (model / MANIFEST_FILE).is_file():
+        versions = existing_versions(model)
+        if not versions:
+            raise ConfigError(f"{model} is neither a model version nor a model with versions")
+        version_dir = model / str(versions[-1])
+    manifest = Manifest.load(version_dir / MANIFEST_FILE)
+    root = data or Path(manifest.provenance.data.get("root", ""))
+    if not root or not root.exists():
+        raise ConfigError(f"data folder not found: {root} (pass --data)")
+    tasks = [build_task(t.name, t.kind, tuple(t.labels) if t.labels else None) for t in manifest.tasks]
+    names = [t.name for t in tasks]
+    inp = manifest.input
+    dataset = FolderDataset(root, split, names, None, inp.mean, inp.std)
+    predict = onnx_predictor(version_dir / MODEL_FILE, {t.name: t.output for t in manifest.tasks})
+    return evaluate_predictor(predict, tasks, dataset, batch_size), tasks, version_dir
+
+
+def export(run: Path, repo: Path, name: str, data: Path | None, split: str | None) -> None:
+    """Export a run to ONNX, check it, and publish it as the next version."""
+    from training.evaluate import format_table
+    from training.export import export_run
+
+    result = export_run(run, repo, name, data_root=data, split=split)
+    typer.echo("parity vs PyTorch (max abs error): " + ", ".join(f"{k}={v:.2e}" for k, v in result.max_abs_error.items()))
+    typer.echo(format_table(result.manifest.metrics))
+    typer.echo(f"published {result.path} (version {result.version})")

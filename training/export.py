@@ -1,0 +1,269 @@
+"""Export a trained run to ONNX, check it against PyTorch, and publish it with its manifest.
+
+Checks, in order (any failure aborts before anything is published):
+1. ``onnx.checker`` with ``full_check`` (shape inference included);
+2. one self-contained file: no external-data side file;
+3. input and outputs exactly as the contract says: ``image`` [N,3,H,W] with a dynamic batch
+   axis and one output per task named after the task, batch axis first;
+4. parity: ONNX Runtime (CPU) and PyTorch agree on random inputs at batch 1 and 4 and on real
+   images, elementwise ``|ort - torch| <= atol + rtol * |torch|`` (defaults atol 1e-4, rtol 1e-3:
+   float32 kernels differ in summation order, well below anything that changes a decoded
+   prediction);
+5. the exported graph is evaluated on the test split with ONNX Runtime, and those metrics go
+   into the manifest (so ``polyhead evaluate --model`` reproduces them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.manifest import InputSpec, Manifest, Provenance, TaskSpec
+from training.data.folder import FolderDataset
+from training.errors import ExportError
+from training.evaluate import Metrics, evaluate_predictor, onnx_predictor
+from training.publish import MODEL_FILE, discard, publish_version, staging_dir
+from training.runs import Run, load_run
+from training.tasks import TaskKind
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+_DEFAULT_THRESHOLD_KINDS = {"edges", "multilabel"}
+_UNITS = {"depth": "m"}
+
+
+class _TupleOutputs(nn.Module):
+    """Returns the model's outputs as a tuple in task order (ONNX outputs are positional)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(image)
+        return tuple(out[n] for n in self.names)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was published and how closely it matched PyTorch."""
+
+    version: int
+    path: Path
+    manifest: Manifest
+    max_abs_error: dict[str, float]
+
+
+def export_onnx(model: nn.Module, names: list[str], size: tuple[int, int], path: Path, opset: int) -> None:
+    """Write ``model`` as one ONNX file with a dynamic batch axis and one output per task."""
+    dummy = torch.randn(2, 3, *size)
+    dynamic = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _TupleOutputs(model, names).eval(),
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def check_onnx(path: Path, names: list[str], size: tuple[int, int]) -> None:
+    """Checker, single file, and the input/output contract."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"ONNX checker rejected the export: {e}") from e
+    side_files = [p.name for p in path.parent.iterdir() if p.name != path.name and not p.name.startswith(".")]
+    if side_files:
+        raise ExportError(f"export wrote side files {side_files}; expected one self-contained file")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    if inputs != [INPUT_NAME]:
+        raise ExportError(f"ONNX inputs are {inputs}, expected [{INPUT_NAME!r}]")
+    if outputs != names:
+        raise ExportError(f"ONNX outputs are {outputs}, expected the tasks {names}")
+    dims = graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    if not isinstance(shape[0], str) or shape[1:] != [3, *size]:
+        raise ExportError(f"ONNX input shape {shape}, expected [batch, 3, {size[0]}, {size[1]}]")
+
+
+def check_parity(
+    model: nn.Module,
+    names: list[str],
+    path: Path,
+    inputs: list[torch.Tensor],
+    atol: float,
+    rtol: float,
+) -> dict[str, float]:
+    """Run ONNX Runtime and PyTorch on each input batch; fail unless they agree."""
+    predict = onnx_predictor(path, {n: n for n in names})
+    worst = dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        for x in inputs:
+            ref = model(x)
+            got = predict(x)
+            for n in names:
+                r, g = ref[n].numpy(), got[n].numpy()
+                if r.shape != g.shape:
+                    raise ExportError(f"output {n}: ONNX shape {g.shape} != PyTorch {r.shape}")
+                err = np.abs(g - r)
+                worst[n] = max(worst[n], float(err.max()))
+                bad = err > atol + rtol * np.abs(r)
+                if bad.any():
+                    raise ExportError(
+                        f"parity check failed for {n!r} at batch {x.shape[0]}: "
+                        f"{int(bad.sum())} values differ by more than atol={atol} + rtol={rtol}*|ref| "
+                        f"(max abs error {worst[n]:.3g})"
+                    )
+    return worst
+
+
+def task_spec(task: TaskKind) -> TaskSpec:
+    """The manifest entry for a trained task."""
+    return TaskSpec(
+        name=task.name,
+        kind=task.kind,
+        output=task.name,
+        channels=task.channels,
+        labels=list(task.labels) if task.labels else None,
+        threshold=0.5 if task.kind in _DEFAULT_THRESHOLD_KINDS else None,
+        units=_UNITS.get(task.kind),
+        primary_metric=task.primary_metric,
+        higher_is_better=task.higher_is_better[task.primary_metric],
+    )
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_run(
+    run_dir: str | Path,
+    repo: str | Path,
+    name: str,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+    real_batches: int = 2,
+) -> ExportResult:
+    """Export, check, evaluate and publish a run as the next version of ``repo/name``."""
+    run = load_run(run_dir)
+    cfg = run.config
+    names = [t.name for t in run.tasks]
+    model = run.model()
+    root = Path(data_root) if data_root else cfg.data.root
+    split = split or cfg.data.test_split
+    if not root.exists():
+        raise ExportError(
+            f"data folder {root} not found: export evaluates the model on it (pass --data)"
+        )
+    dataset = FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+
+    staged = staging_dir(Path(repo), name)
+    try:
+        onnx_path = staged / MODEL_FILE
+        export_onnx(model, names, run.input_size, onnx_path, cfg.export.opset)
+        check_onnx(onnx_path, names, run.input_size)
+        inputs = _parity_inputs(dataset, run.input_size, real_batches)
+        errors = check_parity(model, names, onnx_path, inputs, cfg.export.atol, cfg.export.rtol)
+        log.info("parity ok: max abs error %s", errors)
+        metrics = evaluate_predictor(
+            onnx_predictor(onnx_path, {n: n for n in names}),
+            run.tasks,
+            dataset,
+            cfg.run.eval_batch_size,
+        )
+        sha, opset = _sha256(onnx_path), cfg.export.opset
+        data = {**run.dataset, "root": str(root), "split": split, "images": len(dataset)}
+
+        def make_manifest(version: int) -> Manifest:
+            return build_manifest(run, name, version, metrics, sha, opset, data)
+
+        version, path = publish_version(
+            Path(repo), name, staged, make_manifest, cfg.export.max_queue_delay_microseconds
+        )
+    except BaseException:
+        discard(staged)
+        raise
+    return ExportResult(version, path, Manifest.load(path / "manifest.json"), errors)
+
+
+def _parity_inputs(dataset: FolderDataset, size: tuple[int, int], real_batches: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, 3, *size, generator=g), torch.randn(4, 3, *size, generator=g)]
+    n = min(len(dataset), 4 * real_batches)
+    for start in range(0, n, 4):
+        inputs.append(torch.stack([dataset[i]["image"] for i in range(start, min(start + 4, n))]))
+    return inputs
+
+
+def build_manifest(
+    run: Run,
+    name: str,
+    version: int,
+    metrics: Metrics,
+    sha256: str,
+    opset: int,
+    data: dict[str, Any],
+) -> Manifest:
+    """The manifest of an exported run."""
+    import training
+
+    cfg = run.config
+    h, w = run.input_size
+    return Manifest(
+        name=name,
+        version=version,
+        input=InputSpec(
+            name=INPUT_NAME, height=h, width=w, mean=cfg.data.mean, std=cfg.data.std
+        ),
+        tasks=[task_spec(t) for t in run.tasks],
+        max_batch_size=cfg.export.max_batch_size,
+        metrics=metrics,
+        provenance=Provenance(
+            config=cfg.model_dump(mode="json"),
+            data=data,
+            git_commit=_git_commit(),
+            created_at=datetime.now(UTC),
+            onnx_sha256=sha256,
+            opset=opset,
+            exporter="torch.onnx (dynamo)",
+            framework=f"torch {torch.__version__}",
+            polyhead_version=training.__version__,
+        ),
+    )

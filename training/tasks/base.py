@@ -1,0 +1,72 @@
+"""The task-kind protocol: what a kind of task needs to be trained and measured."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from training.registry import Registry
+
+
+class MetricAccumulator(ABC):
+    """Accumulates a task's metrics over batches; ``compute`` returns them by name."""
+
+    @abstractmethod
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch of raw head outputs and targets."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Metrics over everything seen so far."""
+
+
+class TaskKind(ABC):
+    """One kind of task (segmentation, depth, ...): its head size, loss and metrics.
+
+    Subclasses set ``kind``, ``dense`` (per-pixel output at input resolution, else one vector per
+    image), ``primary_metric`` and ``higher_is_better`` (for every metric they report).
+    """
+
+    kind: ClassVar[str]
+    dense: ClassVar[bool]
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[dict[str, bool]]
+    needs_labels: ClassVar[bool] = False
+
+    def __init__(self, name: str, labels: tuple[str, ...] | None = None) -> None:
+        """A task called ``name``; ``labels`` are class names for kinds that need them."""
+        if self.needs_labels and not labels:
+            raise ValueError(f"task {name!r} of kind {self.kind!r} needs class labels")
+        self.name = name
+        self.labels = tuple(labels) if labels else None
+
+    @property
+    @abstractmethod
+    def channels(self) -> int:
+        """Number of output channels of the head."""
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss for a batch of raw head outputs."""
+
+    @abstractmethod
+    def metric(self) -> MetricAccumulator:
+        """A fresh accumulator for this task's metrics."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, channels={self.channels})"
+
+
+TASK_KINDS: Registry[type[TaskKind]] = Registry("task kind")
+
+
+def build_task(name: str, kind: str, labels: tuple[str, ...] | None = None) -> TaskKind:
+    """Instantiate the registered kind ``kind`` for a task called ``name``."""
+    return TASK_KINDS.get(kind)(name, labels)
+
+
+def valid_mask_2d(target: torch.Tensor) -> torch.Tensor:
+    """Pixels whose dense target is valid: any non-zero channel ([N,C,H,W] -> [N,H,W])."""
+    return target.abs().sum(dim=1) > 0

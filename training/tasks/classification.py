@@ -1,0 +1,53 @@
+"""Single-label image classification: softmax over labels, cross-entropy, top-1 accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+
+
+class TopKAccuracy(MetricAccumulator):
+    """Top-1 accuracy (and top-k when there are more than k classes)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.top1 = self.topk = self.total = 0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        top = pred.float().topk(self.k, dim=1).indices.cpu()
+        t = target.cpu().view(-1, 1)
+        self.top1 += int((top[:, :1] == t).sum().item())
+        self.topk += int((top == t).any(dim=1).sum().item())
+        self.total += t.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        if not self.total:
+            return {"top1": 0.0}
+        out = {"top1": self.top1 / self.total}
+        if self.k > 1:
+            out[f"top{self.k}"] = self.topk / self.total
+        return out
+
+
+@TASK_KINDS.register("classification")
+class Classification(TaskKind):
+    """Exactly one of ``labels`` per image."""
+
+    kind = "classification"
+    dense = False
+    needs_labels = True
+    primary_metric = "top1"
+    higher_is_better = {"top1": True, "top5": True}
+
+    @property
+    def channels(self) -> int:
+        assert self.labels is not None
+        return len(self.labels)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred.float(), target)
+
+    def metric(self) -> MetricAccumulator:
+        return TopKAccuracy(5 if self.channels > 5 else 1)

@@ -1,0 +1,56 @@
+"""Semantic segmentation: per-pixel class logits, cross-entropy, mIoU and pixel accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+
+IGNORE_INDEX = 255
+
+
+class ConfusionMetric(MetricAccumulator):
+    """mIoU (over classes present in targets or predictions) and pixel accuracy."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.n = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        cls = pred.argmax(dim=1).flatten().cpu()
+        tgt = target.flatten().cpu()
+        keep = tgt != IGNORE_INDEX
+        idx = tgt[keep] * self.n + cls[keep]
+        self.confusion += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
+
+    def compute(self) -> dict[str, float]:
+        c = self.confusion.double()
+        tp = c.diag()
+        union = c.sum(0) + c.sum(1) - tp
+        seen = union > 0
+        miou = (tp[seen] / union[seen]).mean().item() if seen.any() else 0.0
+        total = c.sum().item()
+        return {"miou": miou, "pixel_acc": tp.sum().item() / total if total else 0.0}
+
+
+@TASK_KINDS.register("segmentation")
+class Segmentation(TaskKind):
+    """Per-pixel classification into ``labels`` (255 marks pixels to ignore)."""
+
+    kind = "segmentation"
+    dense = True
+    needs_labels = True
+    primary_metric = "miou"
+    higher_is_better = {"miou": True, "pixel_acc": True}
+
+    @property
+    def channels(self) -> int:
+        assert self.labels is not None
+        return len(self.labels)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred.float(), target, ignore_index=IGNORE_INDEX)
+
+    def metric(self) -> MetricAccumulator:
+        return ConfusionMetric(self.channels)
