@@ -44,7 +44,9 @@ def _is_user_error(e: Exception) -> bool:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
     """Multi-task models: train, evaluate, export, serve."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -73,7 +75,9 @@ def data_synth(
 def train(
     config: Annotated[Path, typer.Option(help="YAML training config.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=0.001")
     ] = None,
@@ -89,9 +93,12 @@ def train(
 def evaluate(
     run: Annotated[Path | None, typer.Option(help="A training run directory (PyTorch).")] = None,
     model: Annotated[
-        Path | None, typer.Option(help="An exported model: repo/NAME or repo/NAME/VERSION (ONNX Runtime).")
+        Path | None,
+        typer.Option(help="An exported model: repo/NAME or repo/NAME/VERSION (ONNX Runtime)."),
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Dataset folder (default: the one trained on).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: the one trained on).")
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     baseline: Annotated[
         list[str] | None, typer.Option(help="Single-task baseline: TASK=RUN_DIR (repeatable).")
@@ -112,7 +119,9 @@ def export(
     repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "scenes",
     data: Annotated[Path | None, typer.Option(help="Dataset for parity and metrics.")] = None,
-    split: Annotated[str | None, typer.Option(help="Split whose metrics go in the manifest.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split whose metrics go in the manifest.")
+    ] = None,
 ) -> None:
     """Export to ONNX, check parity with PyTorch, publish the next version."""
     from training.cli import export as run_export

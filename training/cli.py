@@ -58,10 +58,18 @@ def evaluate(
     out: Path | None,
 ) -> None:
     """Per-task metrics of a run (PyTorch) or an exported model (ONNX Runtime)."""
-    from training.evaluate import evaluate_model, format_table, multitask_delta, primary_metric, write_metrics
+    from training.evaluate import (
+        evaluate_model,
+        format_table,
+        multitask_delta,
+        primary_metric,
+        write_metrics,
+    )
 
     if (run is None) == (model is None):
-        raise ConfigError("give exactly one of --run (a training run) or --model (an exported version)")
+        raise ConfigError(
+            "give exactly one of --run (a training run) or --model (an exported version)"
+        )
     if model is not None:
         metrics, tasks, where = _evaluate_exported(model, data, split, batch_size)
     else:
@@ -84,7 +92,9 @@ def evaluate(
         record.update(baselines=baseline_metrics, delta_mtl=delta, delta_per_task=deltas)
     typer.echo(format_table(metrics, baseline_metrics or None, deltas, primaries))
     if deltas is not None:
-        typer.echo(f"multi-task delta (primary metrics, vs single-task): {record['delta_mtl'] * 100:+.2f}%")
+        typer.echo(
+            f"multi-task delta (primary metrics, vs single-task): {record['delta_mtl'] * 100:+.2f}%"
+        )
     target = out or (where / f"eval_{split}.json" if run is not None else None)
     if target is not None:
         write_metrics(target, record)
@@ -98,7 +108,9 @@ def _parse_baselines(items: list[str], primaries: dict[str, PrimaryMetric]) -> d
         if not sep or not task or not path:
             raise ConfigError(f"--baseline expects TASK=RUN_DIR, got {item!r}")
         if task not in primaries:
-            raise ConfigError(f"--baseline {item}: unknown task {task!r}; tasks: {sorted(primaries)}")
+            raise ConfigError(
+                f"--baseline {item}: unknown task {task!r}; tasks: {sorted(primaries)}"
+            )
         parsed[task] = Path(path)
     return parsed
 
@@ -116,7 +128,9 @@ def _run_and_data(run_dir: Path, data: Path | None, split: str) -> tuple[Any, An
     return run, FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
 
 
-def _evaluate_exported(model: Path, data: Path | None, split: str, batch_size: int) -> tuple[Metrics, list, Path]:
+def _evaluate_exported(
+    model: Path, data: Path | None, split: str, batch_size: int
+) -> tuple[Metrics, list, Path]:
     from serving.manifest import Manifest
     from training.data.folder import FolderDataset
     from training.evaluate import evaluate_predictor, onnx_predictor
@@ -133,7 +147,9 @@ def _evaluate_exported(model: Path, data: Path | None, split: str, batch_size: i
     root = data or Path(manifest.provenance.data.get("root", ""))
     if not root or not root.exists():
         raise ConfigError(f"data folder not found: {root} (pass --data)")
-    tasks = [build_task(t.name, t.kind, tuple(t.labels) if t.labels else None) for t in manifest.tasks]
+    tasks = [
+        build_task(t.name, t.kind, tuple(t.labels) if t.labels else None) for t in manifest.tasks
+    ]
     names = [t.name for t in tasks]
     inp = manifest.input
     dataset = FolderDataset(root, split, names, None, inp.mean, inp.std)
@@ -147,6 +163,9 @@ def export(run: Path, repo: Path, name: str, data: Path | None, split: str | Non
     from training.export import export_run
 
     result = export_run(run, repo, name, data_root=data, split=split)
-    typer.echo("parity vs PyTorch (max abs error): " + ", ".join(f"{k}={v:.2e}" for k, v in result.max_abs_error.items()))
+    typer.echo(
+        "parity vs PyTorch (max abs error): "
+        + ", ".join(f"{k}={v:.2e}" for k, v in result.max_abs_error.items())
+    )
     typer.echo(format_table(result.manifest.metrics))
     typer.echo(f"published {result.path} (version {result.version})")

@@ -26,7 +26,9 @@ Metrics = dict[str, dict[str, float]]
 def _collate_eval(samples: list[dict]) -> dict:
     return {
         "image": torch.stack([s["image"] for s in samples]),
-        "targets": {t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]},
+        "targets": {
+            t: torch.stack([s["targets"][t] for s in samples]) for t in samples[0]["targets"]
+        },
     }
 
 
@@ -140,9 +142,7 @@ def format_table(
             )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     keep = [i for i in range(5) if i < 3 or any(r[i] for r in rows[1:])]
-    return "\n".join(
-        "  ".join(r[i].ljust(widths[i]) for i in keep).rstrip() for r in rows
-    )
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in keep).rstrip() for r in rows)
 
 
 def _fmt(v: float) -> str:

@@ -65,7 +65,9 @@ class ExportResult:
     max_abs_error: dict[str, float]
 
 
-def export_onnx(model: nn.Module, names: list[str], size: tuple[int, int], path: Path, opset: int) -> None:
+def export_onnx(
+    model: nn.Module, names: list[str], size: tuple[int, int], path: Path, opset: int
+) -> None:
     """Write ``model`` as one ONNX file with a dynamic batch axis and one output per task."""
     dummy = torch.randn(2, 3, *size)
     dynamic = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
@@ -93,7 +95,9 @@ def check_onnx(path: Path, names: list[str], size: tuple[int, int]) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"ONNX checker rejected the export: {e}") from e
-    side_files = [p.name for p in path.parent.iterdir() if p.name != path.name and not p.name.startswith(".")]
+    side_files = [
+        p.name for p in path.parent.iterdir() if p.name != path.name and not p.name.startswith(".")
+    ]
     if side_files:
         raise ExportError(f"export wrote side files {side_files}; expected one self-contained file")
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -134,7 +138,8 @@ def check_parity(
                 if bad.any():
                     raise ExportError(
                         f"parity check failed for {n!r} at batch {x.shape[0]}: "
-                        f"{int(bad.sum())} values differ by more than atol={atol} + rtol={rtol}*|ref| "
+                        f"{int(bad.sum())} values differ by more than "
+                        f"atol={atol} + rtol={rtol}*|ref| "
                         f"(max abs error {worst[n]:.3g})"
                     )
     return worst
@@ -223,7 +228,9 @@ def export_run(
     return ExportResult(version, path, Manifest.load(path / "manifest.json"), errors)
 
 
-def _parity_inputs(dataset: FolderDataset, size: tuple[int, int], real_batches: int) -> list[torch.Tensor]:
+def _parity_inputs(
+    dataset: FolderDataset, size: tuple[int, int], real_batches: int
+) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     inputs = [torch.randn(1, 3, *size, generator=g), torch.randn(4, 3, *size, generator=g)]
     n = min(len(dataset), 4 * real_batches)
@@ -249,9 +256,7 @@ def build_manifest(
     return Manifest(
         name=name,
         version=version,
-        input=InputSpec(
-            name=INPUT_NAME, height=h, width=w, mean=cfg.data.mean, std=cfg.data.std
-        ),
+        input=InputSpec(name=INPUT_NAME, height=h, width=w, mean=cfg.data.mean, std=cfg.data.std),
         tasks=[task_spec(t) for t in run.tasks],
         max_batch_size=cfg.export.max_batch_size,
         metrics=metrics,

@@ -27,7 +27,9 @@ METRICS_LOG = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints/last"
 
 
-def build_model(cfg: TrainConfig, tasks: list[TaskKind], load_weights: bool = True) -> MultiTaskModel:
+def build_model(
+    cfg: TrainConfig, tasks: list[TaskKind], load_weights: bool = True
+) -> MultiTaskModel:
     """Build the configured architecture over ``tasks``."""
     weights = cfg.model.weights if load_weights else None
     backbone = build_backbone(cfg.model.backbone, cfg.model.width, weights)

@@ -19,7 +19,9 @@ def check_and_build_tasks(cfg: TrainConfig) -> tuple[list[TaskKind], tuple[int, 
     """
     root = cfg.data.root
     if not root.exists():
-        raise ConfigError(f"data.root: folder not found: {root} (make one with `polyhead data synth`)")
+        raise ConfigError(
+            f"data.root: folder not found: {root} (make one with `polyhead data synth`)"
+        )
     try:
         info, size = read_dataset_info(root)
     except DatasetError as e:
@@ -32,7 +34,8 @@ def check_and_build_tasks(cfg: TrainConfig) -> tuple[list[TaskKind], tuple[int, 
             )
         if info[t.name].kind != t.kind:
             raise ConfigError(
-                f"tasks: {t.name!r} is declared kind {t.kind!r} but the dataset says {info[t.name].kind!r}"
+                f"tasks: {t.name!r} is declared kind {t.kind!r} "
+                f"but the dataset says {info[t.name].kind!r}"
             )
         try:
             tasks.append(build_task(t.name, t.kind, info[t.name].labels))

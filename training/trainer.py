@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from training.checkpoint import Progress, find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from training.checkpoint import (
+    Progress,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from training.config import TrainConfig
 from training.data.augment import SeededAugment
 from training.data.folder import FolderDataset
@@ -116,7 +122,9 @@ class Trainer:
         self.device = pick_device(cfg.run.device)
         self.amp = cfg.run.amp == "on" or (cfg.run.amp == "auto" and self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
-            raise ConfigError("run.amp: 'on' needs a CUDA device (mixed precision is CUDA-only here)")
+            raise ConfigError(
+                "run.amp: 'on' needs a CUDA device (mixed precision is CUDA-only here)"
+            )
 
         names = cfg.task_names
         self.augment = SeededAugment(cfg.data.augment, cfg.run.seed)
@@ -166,7 +174,8 @@ class Trainer:
                 )
         elif cfg_file.exists():
             raise ConfigError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose a new --out"
+                f"{self.out} already holds a run; "
+                "pass --resume to continue it or choose a new --out"
             )
 
     def fit(self) -> dict[str, dict[str, float]]:
@@ -175,10 +184,19 @@ class Trainer:
         log_path = self.out / METRICS_LOG
         if self.resume:
             self.progress = load_checkpoint(
-                self.out / CHECKPOINT_DIR, self.model, self.optimizer, self.scheduler, self.weighting
+                self.out / CHECKPOINT_DIR,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.weighting,
             )
             _truncate_log(log_path, self.progress.global_step)
-            log.info("resumed %s at epoch %d batch %d", self.out, self.progress.epoch, self.progress.batch_in_epoch)
+            log.info(
+                "resumed %s at epoch %d batch %d",
+                self.out,
+                self.progress.epoch,
+                self.progress.batch_in_epoch,
+            )
         else:
             write_run_files(
                 self.out,
@@ -197,7 +215,12 @@ class Trainer:
             self.weighting.end_epoch(mean)
             _append_jsonl(
                 log_path,
-                {"step": self.progress.global_step, "epoch": epoch + 1, "train_loss": mean, "val": metrics},
+                {
+                    "step": self.progress.global_step,
+                    "epoch": epoch + 1,
+                    "train_loss": mean,
+                    "val": metrics,
+                },
             )
             log.info("epoch %d/%d val %s", epoch + 1, cfg.optim.epochs, _short(metrics))
             self.progress = Progress(epoch=epoch + 1, global_step=self.progress.global_step)
@@ -224,7 +247,11 @@ class Trainer:
         p = self.progress
         self.augment.set_epoch(p.epoch)
         sampler = EpochBatches(
-            len(self.train_set), self.cfg.optim.batch_size, self.cfg.run.seed, p.epoch, p.batch_in_epoch
+            len(self.train_set),
+            self.cfg.optim.batch_size,
+            self.cfg.run.seed,
+            p.epoch,
+            p.batch_in_epoch,
         )
         return DataLoader(
             self.train_set,
@@ -313,4 +340,6 @@ class Trainer:
 
 
 def _short(metrics: dict[str, dict[str, float]]) -> str:
-    return " ".join(f"{t}:" + ",".join(f"{k}={v:.3f}" for k, v in m.items()) for t, m in metrics.items())
+    return " ".join(
+        f"{t}:" + ",".join(f"{k}={v:.3f}" for k, v in m.items()) for t, m in metrics.items()
+    )

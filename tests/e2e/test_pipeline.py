@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from serving.manifest.triton_config import load_config
 
 from serving.manifest import Manifest
-from serving.manifest.triton_config import load_config
 from tests.conftest import ROOT, polyhead_cmd
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,9 @@ def pipeline(tmp_path_factory, cli_env):
     work = tmp_path_factory.mktemp("pipeline")
     data, repo = work / "data", work / "repo"
     out = {}
-    out["synth"] = run(["data", "synth", "--out", str(data), "--n", "40", "--size", "32"], cli_env, work)
+    out["synth"] = run(
+        ["data", "synth", "--out", str(data), "--n", "40", "--size", "32"], cli_env, work
+    )
     common = ["--config", str(ROOT / "configs" / "smoke.yaml"), "--set", f"data.root={data}"]
     out["train"] = run(["train", *common, "--out", str(work / "runs" / "mt")], cli_env, work)
     out["baseline"] = run(
@@ -46,15 +48,25 @@ def pipeline(tmp_path_factory, cli_env):
         work,
     )
     out["evaluate"] = run(
-        ["evaluate", "--run", str(work / "runs" / "mt"), "--baseline", f"depth={work / 'runs' / 'depth'}"],
+        [
+            "evaluate",
+            "--run",
+            str(work / "runs" / "mt"),
+            "--baseline",
+            f"depth={work / 'runs' / 'depth'}",
+        ],
         cli_env,
         work,
     )
     out["export"] = run(
-        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"], cli_env, work
+        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"],
+        cli_env,
+        work,
     )
     out["export2"] = run(
-        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"], cli_env, work
+        ["export", "--run", str(work / "runs" / "mt"), "--repo", str(repo), "--name", "smoke"],
+        cli_env,
+        work,
     )
     return work, data, repo, out
 
@@ -121,7 +133,19 @@ def test_exported_onnx_matches_manifest_and_runs_any_batch(pipeline):
 def test_evaluate_exported_model_reproduces_manifest_metrics(pipeline, cli_env):
     work, data, repo, _ = pipeline
     target = work / "eval_onnx.json"
-    run(["evaluate", "--model", str(repo / "smoke" / "1"), "--data", str(data), "--out", str(target)], cli_env, work)
+    run(
+        [
+            "evaluate",
+            "--model",
+            str(repo / "smoke" / "1"),
+            "--data",
+            str(data),
+            "--out",
+            str(target),
+        ],
+        cli_env,
+        work,
+    )
     fresh = json.loads(target.read_text())["metrics"]
     manifest = Manifest.load(repo / "smoke" / "1" / "manifest.json")
     for task, metrics in manifest.metrics.items():

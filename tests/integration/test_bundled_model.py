@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from serving.manifest.triton_config import config_from_manifest, load_config
 
 from serving.manifest import Manifest
-from serving.manifest.triton_config import config_from_manifest, load_config
 from tests.conftest import ROOT, polyhead_cmd
 
 VERSION = ROOT / "model_repo" / "scenes" / "1"
@@ -48,18 +48,45 @@ def test_bundled_config_pbtxt_is_generated_from_the_manifest(manifest):
 def test_bundled_sha256_matches_the_file(manifest):
     import hashlib
 
-    assert hashlib.sha256((VERSION / "model.onnx").read_bytes()).hexdigest() == manifest.provenance.onnx_sha256
+    assert (
+        hashlib.sha256((VERSION / "model.onnx").read_bytes()).hexdigest()
+        == manifest.provenance.onnx_sha256
+    )
 
 
 @pytest.mark.slow
 def test_bundled_metrics_match_a_fresh_evaluate(manifest, tmp_path, cli_env):
     data = manifest.provenance.data
     root = tmp_path / "scenes"
-    synth = ["data", "synth", "--out", str(root), "--n", str(data["count"]), "--size", str(data["image_size"][0]), "--seed", str(data["seed"])]
-    subprocess.run(polyhead_cmd() + synth, env=cli_env, check=True, capture_output=True, timeout=600)
+    synth = [
+        "data",
+        "synth",
+        "--out",
+        str(root),
+        "--n",
+        str(data["count"]),
+        "--size",
+        str(data["image_size"][0]),
+        "--seed",
+        str(data["seed"]),
+    ]
+    subprocess.run(
+        polyhead_cmd() + synth, env=cli_env, check=True, capture_output=True, timeout=600
+    )
     out = tmp_path / "eval.json"
     result = subprocess.run(
-        polyhead_cmd() + ["evaluate", "--model", str(VERSION), "--data", str(root), "--split", data["split"], "--out", str(out)],
+        [
+            *polyhead_cmd(),
+            "evaluate",
+            "--model",
+            str(VERSION),
+            "--data",
+            str(root),
+            "--split",
+            data["split"],
+            "--out",
+            str(out),
+        ],
         env=cli_env,
         capture_output=True,
         text=True,

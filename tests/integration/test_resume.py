@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def data(tmp_path_factory, cli_env):
     path = tmp_path_factory.mktemp("resume") / "data"
     subprocess.run(
-        polyhead_cmd() + ["data", "synth", "--out", str(path), "--n", "56", "--size", "32"],
+        [*polyhead_cmd(), "data", "synth", "--out", str(path), "--n", "56", "--size", "32"],
         env=cli_env,
         check=True,
         capture_output=True,
@@ -56,11 +56,20 @@ def checkpoint_step(out):
 @pytest.mark.parametrize("kill_after_step", [3, 7])
 def test_killed_run_resumes_to_identical_weights(tmp_path, data, cli_env, kill_after_step):
     straight = tmp_path / "straight"
-    subprocess.run(polyhead_cmd() + train_args(data, straight), env=cli_env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        polyhead_cmd() + train_args(data, straight),
+        env=cli_env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        polyhead_cmd() + train_args(data, killed), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        polyhead_cmd() + train_args(data, killed),
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 300
@@ -78,7 +87,11 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data, cli_env, kill_a
     assert stopped_at < 16  # 4 epochs x 4 batches: it really stopped early
 
     resumed = subprocess.run(
-        polyhead_cmd() + [*train_args(data, killed), "--resume"], env=cli_env, capture_output=True, text=True, timeout=600
+        [*polyhead_cmd(), *train_args(data, killed), "--resume"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
 
@@ -86,7 +99,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data, cli_env, kill_a
     b = load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
     different = [k for k in a if not (a[k] == b[k]).all()]
-    assert not different, f"resumed from step {stopped_at}: {len(different)} tensors differ, e.g. {different[:3]}"
+    assert not different, (
+        f"resumed from step {stopped_at}: {len(different)} tensors differ, e.g. {different[:3]}"
+    )
 
     log = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in log if "val" not in r]
@@ -95,9 +110,15 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data, cli_env, kill_a
 
 def test_resume_refuses_a_changed_config(tmp_path, data, cli_env):
     out = tmp_path / "run"
-    subprocess.run(polyhead_cmd() + train_args(data, out), env=cli_env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        polyhead_cmd() + train_args(data, out),
+        env=cli_env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     changed = subprocess.run(
-        polyhead_cmd() + [*train_args(data, out), "--set", "optim.lr=0.1", "--resume"],
+        [*polyhead_cmd(), *train_args(data, out), "--set", "optim.lr=0.1", "--resume"],
         env=cli_env,
         capture_output=True,
         text=True,
@@ -111,6 +132,12 @@ def test_starting_over_an_existing_run_is_refused(tmp_path, data, cli_env):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text("name: x\n")
-    again = subprocess.run(polyhead_cmd() + train_args(data, out), env=cli_env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        polyhead_cmd() + train_args(data, out),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2
     assert "--resume" in again.stderr

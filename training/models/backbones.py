@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from training.errors import ConfigError
 from training.registry import Registry
@@ -40,6 +41,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.down = _shortcut(cin, cout, stride)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -63,6 +65,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.down = _shortcut(cin, cout, stride)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -122,6 +125,7 @@ class ResNet(Backbone):
             elif isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
+    @override
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         feats = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from training.models.necks import conv_bn_relu
 
@@ -18,6 +19,7 @@ class DenseHead(nn.Module):
         self.block = conv_bn_relu(in_channels, hidden)
         self.proj = nn.Conv2d(hidden, out_channels, 1)
 
+    @override
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         y = self.proj(self.block(x))
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -30,5 +32,6 @@ class ImageHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_channels, out_channels)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean(dim=(2, 3)))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from training.models.backbones import Backbone
 from training.models.heads import DenseHead, ImageHead
@@ -78,12 +79,14 @@ class HardParameterSharing(MultiTaskModel):
             }
         )
 
+    @override
     def shared_parameters(self) -> list[nn.Parameter]:
         params = list(self.backbone.parameters())
         if self.neck is not None:
             params += list(self.neck.parameters())
         return params
 
+    @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -27,6 +28,7 @@ class LightFPN(nn.Module):
         self.fuse = conv_bn_relu(channels, channels)
         self.out_channels = channels
 
+    @override
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = self.laterals[-1](feats[-1])
         for lateral, f in zip(reversed(self.laterals[:-1]), reversed(feats[:-1]), strict=True):

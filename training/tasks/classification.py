@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
@@ -15,6 +18,7 @@ class TopKAccuracy(MetricAccumulator):
         self.k = k
         self.top1 = self.topk = self.total = 0
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         top = pred.float().topk(self.k, dim=1).indices.cpu()
         t = target.cpu().view(-1, 1)
@@ -22,6 +26,7 @@ class TopKAccuracy(MetricAccumulator):
         self.topk += int((top == t).any(dim=1).sum().item())
         self.total += t.shape[0]
 
+    @override
     def compute(self) -> dict[str, float]:
         if not self.total:
             return {"top1": 0.0}
@@ -39,15 +44,18 @@ class Classification(TaskKind):
     dense = False
     needs_labels = True
     primary_metric = "top1"
-    higher_is_better = {"top1": True, "top5": True}
+    higher_is_better: ClassVar[dict[str, bool]] = {"top1": True, "top5": True}
 
+    @override
     @property
     def channels(self) -> int:
         assert self.labels is not None
         return len(self.labels)
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred.float(), target)
 
+    @override
     def metric(self) -> MetricAccumulator:
         return TopKAccuracy(5 if self.channels > 5 else 1)

@@ -1,8 +1,11 @@
-"""Monocular depth: one channel in the dataset's units, L1 loss, RMSE and absolute relative error."""
+"""Monocular depth: one channel in the dataset's units, L1 loss, RMSE and abs relative error."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
@@ -15,6 +18,7 @@ class DepthMetric(MetricAccumulator):
         self.rel = 0.0
         self.count = 0
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         valid = target > 0
         p, t = pred.float()[valid], target.float()[valid]
@@ -22,6 +26,7 @@ class DepthMetric(MetricAccumulator):
         self.rel += ((p - t).abs() / t).sum().item()
         self.count += int(valid.sum().item())
 
+    @override
     def compute(self) -> dict[str, float]:
         if not self.count:
             return {"rmse": 0.0, "abs_rel": 0.0}
@@ -35,17 +40,20 @@ class Depth(TaskKind):
     kind = "depth"
     dense = True
     primary_metric = "rmse"
-    higher_is_better = {"rmse": False, "abs_rel": False}
+    higher_is_better: ClassVar[dict[str, bool]] = {"rmse": False, "abs_rel": False}
 
+    @override
     @property
     def channels(self) -> int:
         return 1
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = target > 0
         if not valid.any():
             return pred.sum() * 0.0
         return (pred.float()[valid] - target[valid]).abs().mean()
 
+    @override
     def metric(self) -> MetricAccumulator:
         return DepthMetric()

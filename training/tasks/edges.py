@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
@@ -18,6 +21,7 @@ class BinaryFScore(MetricAccumulator):
         self.threshold = threshold
         self.tp = self.fp = self.fn = 0
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         p = torch.sigmoid(pred.float()) > self.threshold
         t = target > 0.5
@@ -25,6 +29,7 @@ class BinaryFScore(MetricAccumulator):
         self.fp += int((p & ~t).sum().item())
         self.fn += int((~p & t).sum().item())
 
+    @override
     def compute(self) -> dict[str, float]:
         precision = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
         recall = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
@@ -39,15 +44,18 @@ class Edges(TaskKind):
     kind = "edges"
     dense = True
     primary_metric = "f1"
-    higher_is_better = {"f1": True, "precision": True, "recall": True}
+    higher_is_better: ClassVar[dict[str, bool]] = {"f1": True, "precision": True, "recall": True}
 
+    @override
     @property
     def channels(self) -> int:
         return 1
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = torch.tensor(POS_WEIGHT, device=pred.device)
         return F.binary_cross_entropy_with_logits(pred.float(), target, pos_weight=weight)
 
+    @override
     def metric(self) -> MetricAccumulator:
         return BinaryFScore()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
@@ -29,10 +32,12 @@ class MultilabelMetric(MetricAccumulator):
         self.scores: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         self.scores.append(torch.sigmoid(pred.float()).detach().cpu())
         self.targets.append(target.detach().cpu() > 0.5)
 
+    @override
     def compute(self) -> dict[str, float]:
         if not self.scores:
             return {"map": 0.0, "f1": 0.0}
@@ -53,15 +58,18 @@ class Multilabel(TaskKind):
     dense = False
     needs_labels = True
     primary_metric = "map"
-    higher_is_better = {"map": True, "f1": True}
+    higher_is_better: ClassVar[dict[str, bool]] = {"map": True, "f1": True}
 
+    @override
     @property
     def channels(self) -> int:
         assert self.labels is not None
         return len(self.labels)
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(pred.float(), target)
 
+    @override
     def metric(self) -> MetricAccumulator:
         return MultilabelMetric()

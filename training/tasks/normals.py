@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, valid_mask_2d
 
@@ -24,6 +26,7 @@ class AngularErrorMetric(MetricAccumulator):
         self.sum = 0.0
         self.count = 0
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         valid = valid_mask_2d(target)
         p = F.normalize(pred.float(), dim=1).permute(0, 2, 3, 1)[valid]
@@ -35,6 +38,7 @@ class AngularErrorMetric(MetricAccumulator):
         bins = (deg * _BINS_PER_DEGREE).round().long().clamp(0, self.hist.numel() - 1)
         self.hist += torch.bincount(bins, minlength=self.hist.numel())
 
+    @override
     def compute(self) -> dict[str, float]:
         if not self.count:
             return {"mean_angle": 0.0, "median_angle": 0.0, "within_11_25": 0.0}
@@ -55,12 +59,18 @@ class Normals(TaskKind):
     kind = "normals"
     dense = True
     primary_metric = "mean_angle"
-    higher_is_better = {"mean_angle": False, "median_angle": False, "within_11_25": True}
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "mean_angle": False,
+        "median_angle": False,
+        "within_11_25": True,
+    }
 
+    @override
     @property
     def channels(self) -> int:
         return 3
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = valid_mask_2d(target)
         if not valid.any():
@@ -68,5 +78,6 @@ class Normals(TaskKind):
         cos = F.cosine_similarity(pred.float(), target, dim=1, eps=1e-6)
         return (1.0 - cos[valid]).mean()
 
+    @override
     def metric(self) -> MetricAccumulator:
         return AngularErrorMetric()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
@@ -17,6 +20,7 @@ class ConfusionMetric(MetricAccumulator):
         self.n = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
+    @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         cls = pred.argmax(dim=1).flatten().cpu()
         tgt = target.flatten().cpu()
@@ -24,6 +28,7 @@ class ConfusionMetric(MetricAccumulator):
         idx = tgt[keep] * self.n + cls[keep]
         self.confusion += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
 
+    @override
     def compute(self) -> dict[str, float]:
         c = self.confusion.double()
         tp = c.diag()
@@ -42,15 +47,18 @@ class Segmentation(TaskKind):
     dense = True
     needs_labels = True
     primary_metric = "miou"
-    higher_is_better = {"miou": True, "pixel_acc": True}
+    higher_is_better: ClassVar[dict[str, bool]] = {"miou": True, "pixel_acc": True}
 
+    @override
     @property
     def channels(self) -> int:
         assert self.labels is not None
         return len(self.labels)
 
+    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred.float(), target, ignore_index=IGNORE_INDEX)
 
+    @override
     def metric(self) -> MetricAccumulator:
         return ConfusionMetric(self.channels)

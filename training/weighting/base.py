@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from training.errors import ConfigError
 from training.registry import Registry
@@ -60,7 +61,7 @@ class Weighting(nn.Module, ABC):
     def backward(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, float]:
         """Run the backward pass for ``losses``; return each task's effective weight."""
 
-    def end_epoch(self, mean_losses: dict[str, float]) -> None:  # noqa: B027 (optional hook)
+    def end_epoch(self, mean_losses: dict[str, float]) -> None:
         """Called once per epoch with that epoch's mean training loss per task."""
 
     def _check(self, losses: dict[str, torch.Tensor]) -> None:
@@ -72,24 +73,27 @@ class LossWeighting(Weighting):
     """A weighting that is a (possibly learned) linear combination of the losses."""
 
     @abstractmethod
-    def combine(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, torch.Tensor]:
+    def combine(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> dict[str, torch.Tensor]:
         """Each task's term of the total loss (weighted loss plus any regulariser)."""
 
+    @override
     def backward(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, float]:
         self._check(losses)
         terms = self.combine(losses, ctx)
         total = torch.stack([terms[t] for t in self.tasks]).sum()
         ctx.scale(total).backward()
         with torch.no_grad():
-            return {
-                t: float(terms[t] / losses[t]) if float(losses[t]) else 0.0 for t in self.tasks
-            }
+            return {t: float(terms[t] / losses[t]) if float(losses[t]) else 0.0 for t in self.tasks}
 
 
 WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
 
 
-def build_weighting(name: str, tasks: Sequence[str], params: dict[str, Any] | None = None) -> Weighting:
+def build_weighting(
+    name: str, tasks: Sequence[str], params: dict[str, Any] | None = None
+) -> Weighting:
     """Instantiate a registered weighting; unknown or ill-typed hyperparameters are ConfigErrors."""
     cls = WEIGHTINGS.get(name)
     params = dict(params or {})

@@ -1,11 +1,11 @@
-"""Dynamic weight averaging (Liu, Johns and Davison, "End-to-end multi-task learning with
-attention", CVPR 2019)."""
+"""Dynamic weight averaging (Liu, Johns and Davison, CVPR 2019, the MTAN paper)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from typing_extensions import override
 
 from training.weighting.base import WEIGHTINGS, BackwardContext, LossWeighting
 
@@ -40,10 +40,14 @@ class DynamicWeightAverage(LossWeighting):
         ratio = self.history[1] / self.history[0].clamp_min(1e-12)
         return n * torch.softmax(ratio / self.temperature, dim=0)
 
-    def combine(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, torch.Tensor]:
+    @override
+    def combine(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> dict[str, torch.Tensor]:
         w = self.current_weights()
         return {t: float(w[i]) * losses[t] for i, t in enumerate(self.tasks)}
 
+    @override
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
         latest = torch.tensor([mean_losses[t] for t in self.tasks], dtype=torch.float64)
         self.history[0] = self.history[1]

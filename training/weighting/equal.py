@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from training.weighting.base import WEIGHTINGS, BackwardContext, LossWeighting
 
@@ -11,5 +12,8 @@ from training.weighting.base import WEIGHTINGS, BackwardContext, LossWeighting
 class Equal(LossWeighting):
     """Total loss = sum of task losses. No hyperparameters."""
 
-    def combine(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, torch.Tensor]:
+    @override
+    def combine(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> dict[str, torch.Tensor]:
         return dict(losses)

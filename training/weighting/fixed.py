@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from typing_extensions import override
 
 from training.weighting.base import WEIGHTINGS, BackwardContext, LossWeighting
 
@@ -28,5 +29,8 @@ class Fixed(LossWeighting):
             raise ValueError(f"weights must be >= 0, got {weights}")
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
 
-    def combine(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, torch.Tensor]:
+    @override
+    def combine(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> dict[str, torch.Tensor]:
         return {t: self.weights[t] * losses[t] for t in self.tasks}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from training.weighting.base import WEIGHTINGS, BackwardContext, LossWeighting
 
@@ -29,10 +30,14 @@ class Uncertainty(LossWeighting):
         super().__init__(tasks)
         self.log_vars = nn.Parameter(torch.full((len(self.tasks),), float(init)))
 
-    def combine(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, torch.Tensor]:
+    @override
+    def combine(
+        self, losses: dict[str, torch.Tensor], ctx: BackwardContext
+    ) -> dict[str, torch.Tensor]:
         s = self.log_vars
         return {t: torch.exp(-s[i]) * losses[t] + s[i] for i, t in enumerate(self.tasks)}
 
+    @override
     def backward(self, losses: dict[str, torch.Tensor], ctx: BackwardContext) -> dict[str, float]:
         super().backward(losses, ctx)
         # Report exp(-s_t), the factor on each loss, not the ratio that includes the regulariser.

@@ -35,8 +35,16 @@ def test_base_config_is_valid():
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("tasks.0.kind", "segmentatoin", r"tasks\.0\.kind: unknown task kind 'segmentatoin'; valid: classification"),
-        ("model.backbone", "resnet17", r"model\.backbone: unknown backbone 'resnet17'; valid: resnet101"),
+        (
+            "tasks.0.kind",
+            "segmentatoin",
+            r"tasks\.0\.kind: unknown task kind 'segmentatoin'; valid: classification",
+        ),
+        (
+            "model.backbone",
+            "resnet17",
+            r"model\.backbone: unknown backbone 'resnet17'; valid: resnet101",
+        ),
         ("optim.lr", -0.1, r"optim\.lr: Input should be greater than 0"),
         ("optim.lr", 0, r"optim\.lr: Input should be greater than 0"),
         ("optim.epochs", 0, r"optim\.epochs"),
@@ -97,7 +105,9 @@ def test_cli_train_rejects_bad_config_with_exit_2(tmp_path, path, value, message
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(with_(path, value)))
-    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "run").exists()

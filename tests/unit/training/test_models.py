@@ -32,7 +32,9 @@ def test_every_architecture_returns_one_output_per_task(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_shared_and_task_parameters_partition_the_model(arch):
-    model = ARCHITECTURES.get(arch)(build_backbone("resnet18", width=4), all_tasks(), neck_channels=8)
+    model = ARCHITECTURES.get(arch)(
+        build_backbone("resnet18", width=4), all_tasks(), neck_channels=8
+    )
     shared = {id(p) for p in model.shared_parameters()}
     own = {id(p) for p in model.task_parameters()}
     assert shared and own and not shared & own
@@ -61,7 +63,10 @@ def test_backbone_weights_that_do_not_fit_are_a_config_error(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in build_backbone("resnet18", width=8).state_dict().items()}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in build_backbone("resnet18", width=8).state_dict().items()},
+        str(path),
+    )
     with pytest.raises(ConfigError, match="does not fit"):
         build_backbone("resnet18", width=4, weights=path)
     with pytest.raises(ConfigError, match="not found"):

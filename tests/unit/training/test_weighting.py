@@ -91,7 +91,7 @@ def test_uncertainty_learns_smaller_weight_for_noisier_task():
 
 
 def test_unknown_parameter_is_named():
-    with pytest.raises(ConfigError, match="no parameter.*'temp'.*accepts \\['temperature'\\]"):
+    with pytest.raises(ConfigError, match=r"no parameter.*'temp'.*accepts \['temperature'\]"):
         build_weighting("dwa", TASKS, {"temp": 2})
 
 
@@ -101,5 +101,5 @@ def test_bad_value_is_a_config_error():
 
 
 def test_unknown_weighting_lists_valid():
-    with pytest.raises(KeyError, match="valid: dwa, equal, fixed, uncertainty"):
+    with pytest.raises(KeyError, match=r"valid: dwa, equal, fixed, uncertainty"):
         build_weighting("gradnorm_typo", TASKS)
