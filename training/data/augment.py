@@ -40,6 +40,7 @@ class SeededAugment:
         return Compose(steps)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Return the transformed sample (the input is not modified)."""
         key = zlib.crc32(str(sample["id"]).encode())
         rng = np.random.default_rng([self.seed, self.epoch, key])
         return self.pipeline(rng)(sample)

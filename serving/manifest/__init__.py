@@ -1,0 +1,246 @@
+"""The model manifest: the contract between training (which writes it) and serving (which reads it).
+
+``model_repo/NAME/VERSION/manifest.json`` says everything the server needs and nothing it must
+guess: the input (size, normalisation, resize policy), every task (kind, ONNX output name,
+labels, thresholds, units), the metrics measured at export, and where the model came from.
+Only pydantic and the standard library are imported here: both sides depend on this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+FORMAT_VERSION: Literal[1] = 1
+
+#: Every task kind the contract knows, and whether its output is per pixel or per image.
+TASK_KINDS: dict[str, Literal["dense", "image"]] = {
+    "segmentation": "dense",
+    "depth": "dense",
+    "normals": "dense",
+    "edges": "dense",
+    "saliency": "dense",
+    "classification": "image",
+    "multilabel": "image",
+    "regression": "image",
+}
+_LABELLED = {"segmentation", "classification", "multilabel"}
+_THRESHOLDED = {"edges", "saliency", "multilabel"}
+_FIXED_CHANNELS = {"depth": 1, "edges": 1, "saliency": 1, "normals": 3}
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable or inconsistent; the message names the field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Frozen):
+    """The model input and how raw RGB pixels become it: ``(pixel * scale - mean) / std``."""
+
+    name: str = "image"
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NCHW"] = "NCHW"
+    channels: Literal[3] = 3
+    color: Literal["RGB"] = "RGB"
+    height: int = Field(gt=0, le=8192)
+    width: int = Field(gt=0, le=8192)
+    scale: float = Field(1.0 / 255.0, gt=0.0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"every std must be > 0, got {list(v)}")
+        return v
+
+
+class TaskSpec(_Frozen):
+    """One task head: its kind, ONNX output and how to decode it."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: str
+    output: str = Field(min_length=1)
+    channels: int = Field(ge=1)
+    labels: list[str] | None = None
+    threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    units: str | None = None
+    value_range: tuple[float, float] | None = None
+    primary_metric: str | None = None
+    higher_is_better: bool | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {v!r}; valid: {', '.join(sorted(TASK_KINDS))}")
+        return v
+
+    @field_validator("value_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"must be (low, high) with low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threshold(cls, data: Any) -> Any:
+        thresholded = isinstance(data, dict) and data.get("kind") in _THRESHOLDED
+        if thresholded and data.get("threshold") is None:
+            data = {**data, "threshold": 0.5}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        fixed = _FIXED_CHANNELS.get(self.kind)
+        if fixed is not None and self.channels != fixed:
+            raise ValueError(f"channels: a {self.kind} task has {fixed}, got {self.channels}")
+        if self.kind in _LABELLED and not self.labels:
+            raise ValueError(f"labels: required for a {self.kind} task")
+        if self.labels is not None:
+            if len(self.labels) != self.channels:
+                raise ValueError(f"labels: {len(self.labels)} labels for {self.channels} channels")
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            if dupes:
+                raise ValueError(f"labels: duplicates {dupes}")
+        return self
+
+    @property
+    def dense(self) -> bool:
+        """True when the output is a per-pixel map at input resolution."""
+        return TASK_KINDS[self.kind] == "dense"
+
+
+class Provenance(_Frozen):
+    """Where a model version came from."""
+
+    config: dict[str, Any]
+    data: dict[str, Any]
+    git_commit: str | None = None
+    created_at: AwareDatetime
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int = Field(ge=7)
+    exporter: str
+    framework: str
+    polyhead_version: str
+
+
+class Manifest(_Frozen):
+    """Everything the server needs to load, run and decode one model version."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    version: int = Field(ge=1)
+    input: InputSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    max_batch_size: int = Field(8, ge=1)
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [t.name for t in self.tasks]
+        outputs = [t.output for t in self.tasks]
+        for what, values in (("names", names), ("outputs", outputs)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"tasks: duplicate task {what} {dupes}")
+        if self.input.name in outputs:
+            raise ValueError(f"tasks: an output is named like the input {self.input.name!r}")
+        unknown = sorted(set(self.metrics) - set(names))
+        if unknown:
+            raise ValueError(f"metrics: for unknown tasks {unknown}; tasks are {names}")
+        for task, measured in self.metrics.items():
+            bad = sorted(k for k, v in measured.items() if not math.isfinite(v))
+            if bad:
+                raise ValueError(f"metrics.{task}: non-finite values for {bad}")
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names, in output order."""
+        return [t.name for t in self.tasks]
+
+    @property
+    def output_names(self) -> list[str]:
+        """ONNX output names, in task order."""
+        return [t.output for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called ``name``; unknown names list the tasks."""
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise ManifestError(f"unknown task {name!r}; tasks: {', '.join(self.task_names)}")
+
+    def output_shape(self, task: str) -> tuple[int, ...]:
+        """Output shape without the batch axis: (C, H, W) for dense tasks, (C,) otherwise."""
+        t = self.task(task)
+        if t.dense:
+            return (t.channels, self.input.height, self.input.width)
+        return (t.channels,)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        """Read and validate a manifest.json; every problem is a ManifestError."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ManifestError(f"manifest not found: {path}") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"manifest {path} is not readable JSON: {e}") from e
+        return cls.parse(raw, source=str(path))
+
+    @classmethod
+    def parse(cls, raw: Any, source: str = "<manifest>") -> Manifest:
+        """Validate a manifest already parsed from JSON."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ManifestError(render_errors(e, f"invalid manifest {source}")) from e
+
+    def dump(self, path: str | Path) -> None:
+        """Write as indented JSON."""
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def render_errors(e: ValidationError, title: str) -> str:
+    """One ``field.path: message`` line per validation error."""
+    lines = [f"{title}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = re.sub(r"^Value error, ", "", err["msg"])
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TASK_KINDS",
+    "InputSpec",
+    "Manifest",
+    "ManifestError",
+    "Provenance",
+    "TaskSpec",
+    "render_errors",
+]

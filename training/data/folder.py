@@ -1,0 +1,196 @@
+"""Reader of the polyhead dataset format (see README: Data), any subset of its tasks.
+
+``dataset.json`` names the tasks and their kinds; dense tasks have one file per image in a
+folder named after the task; image-level tasks are read from ``labels.json`` by label name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+DENSE_KINDS = {"segmentation", "depth", "normals", "edges", "saliency"}
+IMAGE_KINDS = {"classification", "multilabel"}
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, malformed, or lacks what was asked for."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task as the dataset declares it."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...] | None = None
+    ignore_index: int | None = None
+    units: str | None = None
+
+
+def read_dataset_info(root: Path) -> tuple[dict[str, TaskInfo], tuple[int, int]]:
+    """Tasks declared in ``root/dataset.json`` and the image size (H, W)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as e:
+        raise DatasetError(f"not a polyhead dataset (no dataset.json): {root}") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{meta_path}: not readable JSON: {e}") from e
+    try:
+        tasks = {
+            name: TaskInfo(
+                name=name,
+                kind=spec["kind"],
+                labels=tuple(spec["labels"]) if spec.get("labels") else None,
+                ignore_index=spec.get("ignore_index"),
+                units=spec.get("units"),
+            )
+            for name, spec in meta["tasks"].items()
+        }
+        h, w = meta["image_size"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{meta_path}: malformed ({type(e).__name__}: {e})") from e
+    for t in tasks.values():
+        if t.kind not in DENSE_KINDS | IMAGE_KINDS:
+            raise DatasetError(f"{meta_path}: task {t.name!r} has unsupported kind {t.kind!r}")
+        if t.kind in IMAGE_KINDS and not t.labels:
+            raise DatasetError(f"{meta_path}: task {t.name!r} needs labels")
+    return tasks, (int(h), int(w))
+
+
+def _read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing file: {path}") from e
+    except OSError as e:
+        raise DatasetError(f"unreadable image {path}: {e}") from e
+
+
+class FolderDataset(Dataset):
+    """One split of a dataset folder, yielding ``{"id", "image", "targets": {task: tensor}}``.
+
+    Targets by kind: segmentation int64 [H,W] (ignore index kept); depth float32 [1,H,W]
+    (0 = invalid); normals float32 [3,H,W] (zero vector = invalid); edges float32 [1,H,W] in
+    {0,1}; multilabel float32 [C] multi-hot; classification int64 scalar.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        tasks: Sequence[str] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        """Read ``split`` of the dataset at ``root``, keeping only ``tasks`` (default: all)."""
+        self.root = Path(root)
+        info, self.image_size = read_dataset_info(self.root)
+        self.depth_scale = float(
+            json.loads((self.root / "dataset.json").read_text()).get("depth_scale", 1000.0)
+        )
+        names = list(tasks) if tasks is not None else list(info)
+        unknown = [t for t in names if t not in info]
+        if unknown:
+            raise DatasetError(f"{self.root}: no task(s) {unknown}; available: {sorted(info)}")
+        self.tasks = {t: info[t] for t in names}
+        split_file = self.root / "splits" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DatasetError(f"split {split!r} not found: {split_file}")
+        self.ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        for t in self.tasks.values():
+            if t.kind in DENSE_KINDS and not (self.root / t.name).is_dir():
+                raise DatasetError(f"task {t.name!r}: folder not found: {self.root / t.name}")
+        self.labels: dict[str, dict[str, Any]] = {}
+        if any(t.kind in IMAGE_KINDS for t in self.tasks.values()):
+            labels_file = self.root / "labels.json"
+            try:
+                self.labels = json.loads(labels_file.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise DatasetError(f"image-level labels not readable: {labels_file}: {e}") from e
+        self.transform = transform
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _read_dense(self, task: TaskInfo, sid: str) -> np.ndarray:
+        folder = self.root / task.name
+        if task.kind == "depth":
+            npy = folder / f"{sid}.npy"
+            if npy.is_file():
+                return np.load(npy).astype(np.float32)
+            return _read_png(folder / f"{sid}.png").astype(np.float32) / self.depth_scale
+        raw = _read_png(folder / f"{sid}.png")
+        if task.kind == "normals":
+            valid = raw.any(axis=-1, keepdims=True)
+            n = raw.astype(np.float32) / 127.5 - 1.0
+            n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+            return np.where(valid, n, 0.0).astype(np.float32)
+        if task.kind in ("edges", "saliency"):
+            return raw > 127
+        return raw
+
+    def _image_target(self, task: TaskInfo, sid: str) -> torch.Tensor:
+        assert task.labels is not None
+        try:
+            value = self.labels[sid][task.name]
+        except KeyError as e:
+            raise DatasetError(f"labels.json: no {task.name!r} label for {sid}") from e
+        try:
+            if task.kind == "multilabel":
+                hot = torch.zeros(len(task.labels))
+                for name in value:
+                    hot[task.labels.index(name)] = 1.0
+                return hot
+            return torch.tensor(task.labels.index(value), dtype=torch.int64)
+        except ValueError as e:
+            raise DatasetError(f"labels.json: {sid}.{task.name}: unknown label in {value!r}") from e
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sid = self.ids[i]
+        image = _read_png(self.root / "images" / f"{sid}.png")
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        sample: dict[str, Any] = {"id": sid, "image": image[..., :3]}
+        dense = {t: info for t, info in self.tasks.items() if info.kind in DENSE_KINDS}
+        for t, info in dense.items():
+            sample[t] = self._read_dense(info, sid)
+        sample["_kinds"] = {t: info.kind for t, info in dense.items()}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        img = sample["image"].astype(np.float32).transpose(2, 0, 1) / 255.0
+        targets: dict[str, torch.Tensor] = {}
+        for t, info in self.tasks.items():
+            if info.kind in IMAGE_KINDS:
+                targets[t] = self._image_target(info, sid)
+                continue
+            a = sample[t]
+            if info.kind == "segmentation":
+                targets[t] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+            elif info.kind == "normals":
+                targets[t] = torch.from_numpy(
+                    np.ascontiguousarray(a.transpose(2, 0, 1), np.float32)
+                )
+            else:
+                targets[t] = torch.from_numpy(np.ascontiguousarray(a, np.float32))[None]
+        return {
+            "id": sid,
+            "image": torch.from_numpy((img - self.mean) / self.std),
+            "targets": targets,
+        }
