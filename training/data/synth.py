@@ -6,7 +6,8 @@ Every surface is a height field z(x, y): the background is a slanted plane, squa
 stars are slanted planar patches, circles are hemispheres. The normal of z(x, y) in this camera
 frame (x right, y down, z forward) is ``n = normalize(dz/dx, dz/dy, -1)``: it faces the camera
 (n_z < 0). Shapes are z-buffered, so the nearer surface wins wherever two overlap, and the image
-is shaded from those normals (Lambert) with a depth fog, so depth and normals are learnable.
+is shaded from those normals (Lambert) with a depth fog, and the background texture is drawn
+in perspective, so depth and normals can be inferred from the image.
 
 Everything is deterministic in (seed, scene index): scene ``i`` of seed ``s`` is the same
 whatever else is written.
@@ -72,32 +73,36 @@ def _normals_of_plane(gx: float, gy: float, shape: tuple[int, int]) -> np.ndarra
     return np.broadcast_to(n / np.linalg.norm(n), (*shape, 3))
 
 
-def _background_albedo(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+def _background_albedo(
+    kind: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, depth: np.ndarray
+) -> np.ndarray:
+    """The plane's texture, drawn in perspective: it gets denser where the plane is farther.
+
+    Texture coordinates are the pixel's ray scaled by its depth, so a slanted plane shows a
+    texture gradient, a monocular cue for its depth and orientation.
+    """
     c1, c2 = rng.uniform(0.15, 0.95, 3), rng.uniform(0.15, 0.95, 3)
-    u, v = np.meshgrid(np.arange(size), np.arange(size))
+    scale = depth / 5.0
+    tu, tv = x * scale, y * scale
     theta = rng.uniform(0, np.pi)
-    along = u * np.cos(theta) + v * np.sin(theta)
-    across = -u * np.sin(theta) + v * np.cos(theta)
+    along = tu * np.cos(theta) + tv * np.sin(theta)
+    across = -tu * np.sin(theta) + tv * np.cos(theta)
     if kind == "stripes":
-        period = rng.uniform(0.08, 0.2) * size
+        period = rng.uniform(0.14, 0.3)
         t = (np.sin(2 * np.pi * along / period) > 0).astype(np.float64)
     elif kind == "checker":
-        cell = rng.uniform(0.08, 0.2) * size
+        cell = rng.uniform(0.1, 0.22)
         t = ((np.floor(along / cell) + np.floor(across / cell)) % 2).astype(np.float64)
     elif kind == "noise":
-        coarse = rng.uniform(0, 1, (6, 6))
-        t = (
-            np.asarray(
-                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
-                    (size, size), Image.BICUBIC
-                ),
-                dtype=np.float64,
-            )
-            / 255.0
-        )
-        t = np.clip((t - t.mean()) * 2.5 + 0.5, 0, 1)
+        t = np.zeros_like(tu)
+        for _ in range(6):
+            freq = rng.uniform(2.0, 7.0)
+            phi = rng.uniform(0, 2 * np.pi)
+            ang = rng.uniform(0, np.pi)
+            t += np.sin(2 * np.pi * freq * (tu * np.cos(ang) + tv * np.sin(ang)) + phi)
+        t = np.clip(t / 4.0 + 0.5, 0, 1)
     else:  # gradient
-        t = (along - along.min()) / max(np.ptp(along), 1e-9)
+        t = np.clip(along / 2.0 + 0.5, 0, 1)
     return c1 * (1 - t[..., None]) + c2 * t[..., None]
 
 
@@ -133,7 +138,7 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
     gx, gy = rng.uniform(-0.5, 0.5, 2)
     depth = rng.uniform(4.8, 6.0) + gx * x + gy * y
     normals = np.array(_normals_of_plane(gx, gy, depth.shape))
-    albedo = _background_albedo(bg_kind, rng, size)
+    albedo = _background_albedo(bg_kind, rng, x, y, depth)
     semseg = np.zeros((size, size), np.uint8)
     instances = np.zeros((size, size), np.int32)
 
@@ -158,7 +163,7 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
             z = z0 + sgx * dx + sgy * dy
             n = np.array(_normals_of_plane(sgx, sgy, z.shape))
         visible = mask & (z < depth)
-        color = rng.uniform(0.1, 1.0, 3)
+        color = rng.uniform(0.25, 1.0, 3)
         texture = 1.0 + rng.normal(0, 0.04, (size, size, 1))
         depth = np.where(visible, z, depth)
         normals = np.where(visible[..., None], n, normals)
@@ -167,7 +172,7 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
         instances[visible] = inst
 
     shade = 0.3 + 0.7 * np.clip(normals @ LIGHT, 0.0, 1.0)
-    fog = np.clip((depth - 1.5) / 9.0, 0.0, 0.5)[..., None]
+    fog = np.clip((depth - 1.5) / 7.0, 0.0, 0.7)[..., None]
     rgb = albedo * shade[..., None] * (1 - fog) + 0.75 * fog
     rgb += rng.normal(0, 0.015, rgb.shape)
     image = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
