@@ -127,3 +127,58 @@ def export(
     from training.cli import export as run_export
 
     run_export(run, repo, name, data, split)
+
+
+@app.command()
+def serve(
+    repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    max_batch_size: Annotated[int | None, typer.Option(help="Rows per forward pass.")] = None,
+    max_queue_delay_ms: Annotated[
+        float | None, typer.Option(help="Wait for a fuller batch.")
+    ] = None,
+    max_queue_size: Annotated[int | None, typer.Option(help="Requests queued before 503.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")
+    ] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated ONNX Runtime providers, in preference order."),
+    ] = None,
+    env_file: Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")] = None,
+) -> None:
+    """Serve the models of a repository over HTTP (no torch needed)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from serving.api.app import create_app
+    from serving.settings import load_settings
+
+    overrides: dict[str, Any] = {"repo": repo, "host": host, "port": port}
+    for key, value in {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "max_queue_size": max_queue_size,
+        "intra_op_threads": threads,
+        "providers": providers.split(",") if providers else None,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = load_settings(env_file, **overrides)
+    except ValidationError as e:
+        from serving.manifest import render_errors
+
+        typer.echo(render_errors(e, "error: invalid settings"), err=True)
+        raise typer.Exit(2) from e
+    if not settings.repo.is_dir():
+        typer.echo(f"error: model repository not found: {settings.repo}", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+    )

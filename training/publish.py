@@ -15,9 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.manifest.triton_config import config_from_manifest, to_pbtxt
-
 from serving.manifest import Manifest
+from serving.manifest.triton_config import config_from_manifest, to_pbtxt
 from training.checkpoint import fsync_dir
 from training.errors import ExportError
 

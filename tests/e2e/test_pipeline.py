@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from serving.manifest.triton_config import load_config
 
 from serving.manifest import Manifest
+from serving.manifest.triton_config import load_config
 from tests.conftest import ROOT, polyhead_cmd
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from serving.manifest.triton_config import config_from_manifest, load_config
 
 from serving.manifest import Manifest
+from serving.manifest.triton_config import config_from_manifest, load_config
 from tests.conftest import ROOT, polyhead_cmd
 
 VERSION = ROOT / "model_repo" / "scenes" / "1"

@@ -32,7 +32,7 @@ def _maps(sample: Sample) -> dict[str, str]:
 
 def _resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

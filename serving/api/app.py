@@ -1,0 +1,84 @@
+"""The app factory: settings in, a FastAPI app out (nothing is built at import time)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from serving.api import health, page, v1
+from serving.api.errors import install_error_handlers
+from serving.api.middleware import BodyLimit, RequestMetrics
+from serving.backends.base import Backend
+from serving.manifest import Manifest
+from serving.metrics import Metrics
+from serving.repository import BackendFactory, BatchingConfig, ModelRepository
+from serving.service import ImageLimits, PredictionService
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def onnxruntime_factory(settings: Settings) -> BackendFactory:
+    """Open model files with ONNX Runtime as the settings say."""
+
+    def make(path: Path, manifest: Manifest) -> Backend:
+        from serving.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, settings.providers, settings.intra_op_threads)
+
+    return make
+
+
+def create_app(
+    settings: Settings | None = None, backend_factory: BackendFactory | None = None
+) -> FastAPI:
+    """Build the gateway; models load when the app starts (lifespan)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    repository = ModelRepository(
+        settings.repo,
+        backend_factory or onnxruntime_factory(settings),
+        BatchingConfig(
+            settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size
+        ),
+        metrics,
+        max_versions=settings.max_versions,
+    )
+    service = PredictionService(
+        repository,
+        ImageLimits(
+            settings.max_image_pixels, settings.min_image_side, settings.max_images_per_request
+        ),
+        metrics,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await repository.start(settings.reload_interval_s)
+        log.info("serving %s from %s", repository.names(), settings.repo)
+        try:
+            yield
+        finally:
+            await repository.stop()
+
+    app = FastAPI(
+        title="polyhead",
+        summary="Multi-task model gateway: one forward pass, every task, decoded.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.repository = repository
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    app.include_router(page.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,206 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+Requests wait at most ``max_queue_delay_ms`` for company, a batch holds at most
+``max_batch_size`` rows, and the queue is bounded: when it is full a request is refused at once
+(``Overloaded``, a 503 with Retry-After) instead of waiting behind an ever longer line. An idle
+batcher dispatches a lone request immediately: the delay is only spent when other requests are
+actually arriving. Each request gets exactly its own rows back; an exception in the forward pass
+reaches every request of that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from serving.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[Arrays], Awaitable[Arrays]]
+
+
+class BatchObserver(Protocol):
+    """Receives what the batcher measures (Prometheus metrics implement it)."""
+
+    def batch(self, rows: int, infer_seconds: float) -> None:
+        """One forward pass of ``rows`` rows took ``infer_seconds``."""
+
+    def queue_wait(self, seconds: float) -> None:
+        """One request waited ``seconds`` in the queue."""
+
+
+@dataclass
+class _Job:
+    inputs: Arrays
+    rows: int
+    future: asyncio.Future[Arrays]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Merges concurrent ``submit`` calls into forward passes of ``run``."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch_size: int = 8,
+        max_queue_delay_ms: float = 2.0,
+        max_queue_size: int = 64,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """Batch calls to ``run`` (a backend's forward pass over a dict of input arrays)."""
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.observer = observer
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
+        self._carry: _Job | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._batch_seconds = 0.05  # running estimate, for Retry-After
+        self._busy = False
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (not yet in a forward pass)."""
+        return self._queue.qsize() + (1 if self._carry else 0)
+
+    def start(self) -> None:
+        """Start the worker (on the running event loop)."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        while (self.queued or self._busy) and self._worker is not None and not self._worker.done():
+            await asyncio.sleep(0.005)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Run ``inputs`` (arrays sharing their first axis) and return its rows of every output."""
+        self.start()
+        rows = _rows(inputs)
+        if rows <= self.max_batch_size:
+            return await self._submit_one(inputs, rows)
+        parts = [
+            {k: v[i : i + self.max_batch_size] for k, v in inputs.items()}
+            for i in range(0, rows, self.max_batch_size)
+        ]
+        if len(parts) > self.max_queue_size - self._queue.qsize():
+            raise self._overloaded()
+        results = await asyncio.gather(*(self._submit_one(p, _rows(p)) for p in parts))
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    async def _submit_one(self, inputs: Arrays, rows: int) -> Arrays:
+        job = _Job(inputs, rows, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise self._overloaded() from None
+        return await job.future
+
+    def _overloaded(self) -> Overloaded:
+        wait = self.queued * self._batch_seconds / max(self.max_batch_size, 1)
+        return Overloaded(
+            f"server busy: {self.queued} requests queued "
+            f"(limit {self.max_queue_size}); retry later",
+            retry_after=max(1.0, math.ceil(wait)),
+        )
+
+    async def _next_job(self, timeout: float | None) -> _Job | None:
+        if self._carry is not None:
+            job, self._carry = self._carry, None
+            return job
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect(self) -> list[_Job]:
+        first = await self._next_job(None)
+        assert first is not None
+        jobs, rows = [first], first.rows
+        deadline = time.perf_counter() + self.max_delay
+        while rows < self.max_batch_size:
+            # Alone and nothing else queued: go now (an idle server adds no delay).
+            remaining = 0.0 if len(jobs) == 1 else deadline - time.perf_counter()
+            job = await self._next_job(max(remaining, 0.0))
+            if job is None:
+                break
+            if rows + job.rows > self.max_batch_size:
+                self._carry = job
+                break
+            jobs.append(job)
+            rows += job.rows
+        return jobs
+
+    async def _loop(self) -> None:
+        while True:
+            self._busy = False
+            jobs = await self._collect()
+            self._busy = True
+            live = [j for j in jobs if not j.future.done()]  # skip callers that went away
+            if not live:
+                continue
+            now = time.perf_counter()
+            if self.observer:
+                for j in live:
+                    self.observer.queue_wait(now - j.enqueued)
+            batch = {k: np.concatenate([j.inputs[k] for j in live]) for k in live[0].inputs}
+            started = time.perf_counter()
+            try:
+                out = await self.run(batch)
+            except asyncio.CancelledError:
+                for j in live:
+                    if not j.future.done():
+                        j.future.cancel()
+                raise
+            except Exception as e:  # delivered to every waiting caller, the loop goes on
+                for j in live:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            elapsed = time.perf_counter() - started
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            if self.observer:
+                self.observer.batch(len(next(iter(batch.values()))), elapsed)
+            offset = 0
+            for j in live:
+                rows = {k: v[offset : offset + j.rows] for k, v in out.items()}
+                offset += j.rows
+                if not j.future.done():
+                    j.future.set_result(rows)
+
+
+def _rows(inputs: Arrays) -> int:
+    counts = {v.shape[0] for v in inputs.values()}
+    if len(counts) != 1:
+        raise ValueError(f"inputs disagree on the batch size: {sorted(counts)}")
+    return counts.pop()

@@ -1,0 +1,85 @@
+"""Encode arrays for responses: PNG, float16 (or raw integer) base64, or JSON lists.
+
+Every encoded array is a dict saying how to read it back: ``encoding``, ``dtype``, ``shape`` and
+``data``. PNGs use a low compression level: they are made per request, and the default level
+costs several times more than the model on dense outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+Encoding = Literal["png", "float16", "json"]
+ENCODINGS: tuple[str, ...] = ("png", "float16", "json")
+PNG_COMPRESS_LEVEL = 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG of a uint8 (H,W) / (H,W,3) or uint16 (H,W) array."""
+    img = Image.fromarray(np.ascontiguousarray(array))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def encode_png(array: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """An integer image as base64 PNG (uint8 gray/RGB or uint16 gray)."""
+    return {
+        "encoding": "png",
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data": _b64(png_bytes(array)),
+        **extra,
+    }
+
+
+def encode_raw(array: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """Little-endian bytes, base64: float arrays as float16, integer arrays as they are."""
+    if np.issubdtype(array.dtype, np.floating):
+        array, encoding = array.astype("<f2"), "float16"
+    else:
+        array, encoding = array.astype(array.dtype.newbyteorder("<")), "raw"
+    return {
+        "encoding": encoding,
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "data": _b64(np.ascontiguousarray(array).tobytes()),
+        **extra,
+    }
+
+
+def encode_json(array: np.ndarray, decimals: int = 4, **extra: Any) -> dict[str, Any]:
+    """Nested JSON lists (large and slow for dense maps: only on request)."""
+    values = np.round(array, decimals) if np.issubdtype(array.dtype, np.floating) else array
+    return {
+        "encoding": "json",
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data": values.tolist(),
+        **extra,
+    }
+
+
+def decode_array(encoded: dict[str, Any]) -> np.ndarray:
+    """Inverse of the encoders (for clients and tests)."""
+    enc = encoded["encoding"]
+    shape = tuple(encoded["shape"])
+    if enc == "png":
+        with Image.open(io.BytesIO(base64.b64decode(encoded["data"]))) as img:
+            array = np.asarray(img)
+        return array.astype(encoded.get("dtype", str(array.dtype))).reshape(shape)
+    if enc in ("float16", "raw"):
+        dtype = np.dtype(encoded["dtype"]).newbyteorder("<")
+        return np.frombuffer(base64.b64decode(encoded["data"]), dtype=dtype).reshape(shape)
+    if enc == "json":
+        return np.asarray(encoded["data"], dtype=encoded["dtype"]).reshape(shape)
+    raise ValueError(f"unknown encoding {enc!r}")

@@ -1,0 +1,304 @@
+"""The model repository: discover models and versions, load and check them, hot-reload.
+
+Layout (Triton's): ``ROOT/NAME/VERSION/{model.onnx, manifest.json}``. Each version is loaded
+with its manifest, checked against the graph's real inputs and outputs, warmed up, and only then
+made visible. A new version directory is loaded beside the serving ones and swapped in
+atomically; requests already running keep the version object they started with. A version that
+fails to load is logged, counted, and skipped (retried only when its directory changes); the
+versions already serving are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.backends.base import Backend
+from serving.batching import MicroBatcher
+from serving.errors import ModelLoadError, NotFound
+from serving.manifest import Manifest, ManifestError
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+BackendFactory = Callable[[Path, Manifest], Backend]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The batcher's part of the settings."""
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 64
+
+
+@dataclass
+class ModelVersion:
+    """One loaded, checked, warmed-up version, ready to serve."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    backend: Backend
+    batcher: MicroBatcher
+    loaded_at: float = field(default_factory=time.time)
+
+    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """One batched forward pass over N×3×H×W images; every task's raw output by task name."""
+        out = await self.batcher.submit({self.manifest.input.name: images})
+        return {t.name: out[t.output] for t in self.manifest.tasks}
+
+
+def check_against_graph(manifest: Manifest, backend: Backend) -> None:
+    """Fail unless the graph's input and outputs are exactly what the manifest says."""
+    inp = manifest.input
+    graph_inputs = {i.name: i for i in backend.inputs}
+    if list(graph_inputs) != [inp.name]:
+        raise ModelLoadError(
+            f"manifest input {inp.name!r} but the graph's inputs are {list(graph_inputs)}"
+        )
+    shape = graph_inputs[inp.name].shape
+    expected = (inp.channels, inp.height, inp.width)
+    if len(shape) != 4 or any(
+        s is not None and s != e for s, e in zip(shape[1:], expected, strict=True)
+    ):
+        raise ModelLoadError(f"graph input shape {shape} does not fit the manifest's {expected}")
+    graph_outputs = {o.name: o for o in backend.outputs}
+    missing = [t.output for t in manifest.tasks if t.output not in graph_outputs]
+    if missing:
+        raise ModelLoadError(
+            f"manifest outputs {missing} are not in the graph (it has {sorted(graph_outputs)})"
+        )
+    for t in manifest.tasks:
+        got = graph_outputs[t.output].shape[1:]
+        want = manifest.output_shape(t.name)
+        if len(got) != len(want) or any(
+            g is not None and g != w for g, w in zip(got, want, strict=True)
+        ):
+            raise ModelLoadError(f"output {t.output!r}: graph shape {got} but manifest says {want}")
+
+
+def _signature(path: Path) -> tuple[float, ...]:
+    """Changes when a version directory's content changes (to retry a failed load)."""
+    try:
+        return (*sorted(p.stat().st_mtime for p in path.iterdir()), path.stat().st_mtime)
+    except OSError:
+        return ()
+
+
+class ModelRepository:
+    """Models and versions under a root directory, loaded and kept current."""
+
+    def __init__(
+        self,
+        root: Path,
+        backend_factory: BackendFactory,
+        batching: BatchingConfig,
+        metrics: Metrics,
+        max_versions: int = 2,
+    ) -> None:
+        """Serve ``root``; ``backend_factory`` opens a model file (ONNX Runtime by default)."""
+        self.root = Path(root)
+        self.backend_factory = backend_factory
+        self.batching = batching
+        self.metrics = metrics
+        self.max_versions = max_versions
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._failed: dict[tuple[str, int], tuple[tuple[float, ...], str]] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        # A request holding a version object (decoding its images, say) gets this long to
+        # submit and finish before a retired version is closed.
+        self.retire_grace_s = 10.0
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Models with at least one loaded version."""
+        return sorted(n for n, v in self._models.items() if v)
+
+    def versions(self, name: str) -> list[int]:
+        """Loaded versions of ``name``, oldest first."""
+        return sorted(self._models.get(name, {}))
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """The newest loaded version of ``name``, or the pinned ``version``."""
+        versions = self._models.get(name)
+        if not versions:
+            raise NotFound(f"unknown model {name!r}; models: {', '.join(self.names()) or 'none'}")
+        if version is None:
+            return versions[max(versions)]
+        if version not in versions:
+            raise NotFound(
+                f"model {name!r} has no loaded version {version}; "
+                f"versions: {', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[version]
+
+    def failures(self) -> dict[str, str]:
+        """Versions that failed to load, with the reason."""
+        return {f"{n}/{v}": why for (n, v), (_, why) in self._failed.items()}
+
+    def ready(self) -> bool:
+        """True when every model on disk has a version serving."""
+        return bool(self._models) and all(self._models.values())
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self, reload_interval_s: float = 0.0) -> None:
+        """Load what is on disk; then, if asked, poll for changes every ``reload_interval_s``."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository not found: {self.root}")
+        await self.refresh()
+        if reload_interval_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._poll(reload_interval_s))
+
+    async def stop(self) -> None:
+        """Stop polling, drain and close every version."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._retiring):
+            task.cancel()
+        for versions in self._models.values():
+            for mv in versions.values():
+                await self._close(mv)
+        self._models.clear()
+
+    async def _poll(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:  # the poller must survive anything one scan throws
+                log.exception("model repository scan failed")
+
+    def _on_disk(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            versions = [
+                int(p.name)
+                for p in model_dir.iterdir()
+                if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+            ]
+            found[model_dir.name] = sorted(versions)
+        return found
+
+    async def refresh(self) -> None:
+        """Bring the loaded set in line with the disk: load new versions, drop removed ones.
+
+        Per model, the newest ``max_versions`` versions that load successfully serve; a version
+        that fails leaves the older ones in place.
+        """
+        async with self._lock:
+            on_disk = self._on_disk()
+            for name, versions in on_disk.items():
+                current = self._models.setdefault(name, {})
+                keep: list[int] = []
+                for v in reversed(versions):
+                    if len(keep) >= self.max_versions:
+                        break
+                    if v not in current:
+                        await self._try_load(name, v)
+                    if v in current:
+                        keep.append(v)
+                for v in [v for v in current if v not in keep]:
+                    log.info("retiring %s version %d", name, v)
+                    self._retire(current.pop(v))
+                self.metrics.loaded.labels(name).set(len(current))
+            for name in [n for n in self._models if n not in on_disk]:
+                for mv in self._models.pop(name).values():
+                    self._retire(mv)
+
+    async def _try_load(self, name: str, version: int) -> None:
+        path = self.root / name / str(version)
+        sig = _signature(path)
+        failed = self._failed.get((name, version))
+        if failed is not None and failed[0] == sig:
+            return
+        try:
+            mv = await self._load(name, version, path)
+        except ModelLoadError as e:
+            self._failed[(name, version)] = (sig, e.message)
+            self.metrics.loads.labels(name, "failure").inc()
+            log.error("rejected %s version %d: %s", name, version, e.message)
+            return
+        self._failed.pop((name, version), None)
+        self._models.setdefault(name, {})[version] = mv  # visible only now, fully warmed
+        self.metrics.loads.labels(name, "success").inc()
+        log.info("serving %s version %d on %s", name, version, mv.backend.device)
+
+    async def _load(self, name: str, version: int, path: Path) -> ModelVersion:
+        try:
+            manifest = Manifest.load(path / MANIFEST_FILE)
+        except ManifestError as e:
+            raise ModelLoadError(str(e)) from e
+        if manifest.name != name or manifest.version != version:
+            raise ModelLoadError(
+                f"{path}: manifest says {manifest.name}/{manifest.version}, "
+                f"directory says {name}/{version}"
+            )
+        if not (path / MODEL_FILE).is_file():
+            raise ModelLoadError(f"{path}: {MODEL_FILE} is missing")
+        backend = await asyncio.to_thread(self.backend_factory, path / MODEL_FILE, manifest)
+        try:
+            check_against_graph(manifest, backend)
+            await self._warm_up(manifest, backend)
+        except ModelLoadError:
+            await backend.close()
+            raise
+        except Exception as e:
+            await backend.close()
+            raise ModelLoadError(f"{path}: warm-up failed: {e}") from e
+        b = self.batching
+        batcher = MicroBatcher(
+            lambda batch: backend.infer(batch, manifest.output_names),
+            max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
+            max_queue_delay_ms=b.max_queue_delay_ms,
+            max_queue_size=b.max_queue_size,
+            observer=self.metrics.observer(name),
+        )
+        return ModelVersion(name, version, path, manifest, backend, batcher)
+
+    async def _warm_up(self, manifest: Manifest, backend: Backend) -> None:
+        inp = manifest.input
+        for n in sorted({1, min(self.batching.max_batch_size, manifest.max_batch_size)}):
+            x = np.zeros((n, inp.channels, inp.height, inp.width), np.float32)
+            out = await backend.infer({inp.name: x}, manifest.output_names)
+            for t in manifest.tasks:
+                want = (n, *manifest.output_shape(t.name))
+                if tuple(out[t.output].shape) != want:
+                    raise ModelLoadError(
+                        f"warm-up: output {t.output!r} has shape {out[t.output].shape}, "
+                        f"expected {want}"
+                    )
+
+    def _retire(self, mv: ModelVersion) -> None:
+        """Close a version that no longer serves, after requests that hold it have finished."""
+
+        async def later() -> None:
+            await asyncio.sleep(self.retire_grace_s)
+            await self._close(mv)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close(self, mv: ModelVersion) -> None:
+        await mv.batcher.stop()
+        await mv.backend.close()

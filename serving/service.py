@@ -1,0 +1,125 @@
+"""The protocol-neutral core: validate, pre-process, batch, run once, decode.
+
+Routes (``serving.api``) and batch scoring call this; it knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.codecs import ENCODINGS
+from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, PolyheadError
+from serving.manifest import Manifest, TaskSpec
+from serving.metrics import Metrics
+from serving.postprocess import DecodeOptions, decode
+from serving.preprocess import Geometry, preprocess
+from serving.repository import ModelRepository, ModelVersion
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be."""
+
+    max_pixels: int = 40_000_000
+    min_side: int = 8
+    max_images: int = 64
+
+
+def select_tasks(manifest: Manifest, requested: Sequence[str] | None) -> list[TaskSpec]:
+    """The manifest's tasks, or the requested subset in request order; unknown names fail."""
+    if not requested:
+        return list(manifest.tasks)
+    known = {t.name: t for t in manifest.tasks}
+    unknown = [t for t in requested if t not in known]
+    if unknown:
+        raise NotFound(f"unknown task(s) {unknown}; tasks: {', '.join(known)}")
+    return [known[t] for t in dict.fromkeys(requested)]
+
+
+def parse_options(encoding: str | None, resolution: str | None, top_k: int | None) -> DecodeOptions:
+    """Validated decode options (bad values are a 400 naming the choices)."""
+    enc = encoding or "png"
+    if enc not in ENCODINGS:
+        raise BadRequest(f"encoding must be one of {', '.join(ENCODINGS)}, got {enc!r}")
+    res = resolution or "original"
+    if res not in ("original", "model"):
+        raise BadRequest(f"resolution must be 'original' or 'model', got {res!r}")
+    k = 5 if top_k is None else top_k
+    if not 1 <= k <= 1000:
+        raise BadRequest(f"top_k must be between 1 and 1000, got {k}")
+    return DecodeOptions(encoding=enc, resolution=res, top_k=k)
+
+
+class PredictionService:
+    """Predict every (or the requested) task for a list of encoded images in one forward pass."""
+
+    def __init__(self, repository: ModelRepository, limits: ImageLimits, metrics: Metrics) -> None:
+        """Serve models from ``repository``."""
+        self.repository = repository
+        self.limits = limits
+        self.metrics = metrics
+
+    def _prepare(self, data: bytes, mv: ModelVersion) -> tuple[np.ndarray, Geometry]:
+        x, g = preprocess(data, mv.manifest.input, self.limits.max_pixels)
+        h, w = g.original
+        if min(h, w) < self.limits.min_side:
+            raise InvalidImage(
+                f"image is {w}x{h}; each side must be at least {self.limits.min_side} pixels"
+            )
+        return x, g
+
+    async def predict(
+        self,
+        model: str,
+        images: Sequence[bytes],
+        tasks: Sequence[str] | None = None,
+        version: int | None = None,
+        options: DecodeOptions | None = None,
+    ) -> dict[str, Any]:
+        """Decoded predictions of every selected task for every image, in request order."""
+        if not images:
+            raise BadRequest("no image in the request")
+        if len(images) > self.limits.max_images:
+            raise PayloadTooLarge(
+                f"{len(images)} images in one request; the limit is {self.limits.max_images}"
+            )
+        mv = self.repository.get(model, version)
+        selected = select_tasks(mv.manifest, tasks)
+        options = options or DecodeOptions()
+
+        prepared = await asyncio.gather(
+            *(asyncio.to_thread(self._prepare, data, mv) for data in images),
+            return_exceptions=True,
+        )
+        for i, p in enumerate(prepared):
+            if isinstance(p, PolyheadError):
+                prefix = f"image {i}: " if len(images) > 1 else ""
+                raise type(p)(prefix + p.message) from p
+            if isinstance(p, BaseException):
+                raise p
+        inputs = [p for p in prepared if not isinstance(p, BaseException)]
+        batch = np.stack([x for x, _ in inputs])
+        outputs = await mv.infer(batch)  # the one forward pass
+        self.metrics.images.labels(model).inc(len(images))
+
+        def decode_all() -> list[dict[str, Any]]:
+            return [
+                {t.name: decode(outputs[t.name][i], t, g, options) for t in selected}
+                for i, (_, g) in enumerate(inputs)
+            ]
+
+        predictions = await asyncio.to_thread(decode_all)
+        return {
+            "model": mv.name,
+            "version": mv.version,
+            "tasks": [t.name for t in selected],
+            "predictions": [
+                {"width": g.original[1], "height": g.original[0], "tasks": p}
+                for (_, g), p in zip(inputs, predictions, strict=True)
+            ],
+        }

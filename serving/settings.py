@@ -1,0 +1,78 @@
+"""Server settings: environment variables (prefix ``POLYHEAD_``) and an optional file.
+
+Built by the app factory (``Settings()`` reads the environment then), never at import time.
+Unsafe or impossible values are refused with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; each component gets only its part."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLYHEAD_",
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    repo: Path = Path("model_repo")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # dynamic batching
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_queue_size: int = Field(64, ge=1, le=100_000)
+
+    # ONNX Runtime
+    providers: list[str] = Field(
+        default_factory=lambda: [
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256)
+
+    # model repository
+    reload_interval_s: float = Field(2.0, ge=0.0)  # 0 disables hot reload
+    max_versions: int = Field(2, ge=1, le=100)  # newest versions kept loaded per model
+
+    # requests
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=64)
+    min_image_side: int = Field(8, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_known(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one execution provider is needed")
+        bad = [p for p in v if not p.endswith("ExecutionProvider")]
+        if bad:
+            raise ValueError(f"not ONNX Runtime provider names: {bad}")
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 16 for k in v):
+            raise ValueError("every API key must be at least 16 characters")
+        return v
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, an optional env file, then explicit overrides."""
+    return Settings(_env_file=env_file, **overrides)
