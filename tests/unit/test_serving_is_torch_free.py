@@ -38,3 +38,32 @@ def test_every_serving_module_imports_with_torch_blocked():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_serve_extra_does_not_pull_torch(tmp_path):
+    """Resolve `pip install .[serve]` (dry run, nothing installed) and look for torch in it."""
+    root = ROOT.parent
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{root}[serve]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "onnxruntime" in names and "fastapi" in names
+    assert not {n for n in names if n.startswith(("torch", "nvidia-"))}, sorted(names)
