@@ -6,8 +6,8 @@ Every surface is a height field z(x, y): the background is a slanted plane, squa
 stars are slanted planar patches, circles are hemispheres. The normal of z(x, y) in this camera
 frame (x right, y down, z forward) is ``n = normalize(dz/dx, dz/dy, -1)``: it faces the camera
 (n_z < 0). Shapes are z-buffered, so the nearer surface wins wherever two overlap, and the image
-is shaded from those normals (Lambert) with a depth fog, and the background texture is drawn
-in perspective, so depth and normals can be inferred from the image.
+is shaded from those normals (Lambert, a point light near the camera) with a depth fog, and the
+background texture is drawn in perspective, so depth and normals can be inferred from the image.
 
 Everything is deterministic in (seed, scene index): scene ``i`` of seed ``s`` is the same
 whatever else is written.
@@ -30,7 +30,8 @@ BACKGROUNDS = ("stripes", "checker", "noise", "gradient")
 SEMSEG_LABELS = ("background", *SHAPE_CLASSES)
 VIEW_WIDTH_M = 2.0  # the image spans 2 m horizontally at any size
 MIN_VISIBLE_PIXELS = 8  # a class counts as present in the image-level label from this many pixels
-LIGHT = np.array([-0.45, -0.55, -1.0]) / np.linalg.norm([-0.45, -0.55, -1.0])
+LIGHT_POSITION = np.array([0.3, -0.5, 0.0])  # a point light beside the camera
+LIGHT_REACH_M = 5.5  # inverse-square falloff is 1 at this distance
 FORMAT = "polyhead-dataset/1"
 
 
@@ -81,7 +82,7 @@ def _background_albedo(
     Texture coordinates are the pixel's ray scaled by its depth, so a slanted plane shows a
     texture gradient, a monocular cue for its depth and orientation.
     """
-    c1, c2 = rng.uniform(0.15, 0.95, 3), rng.uniform(0.15, 0.95, 3)
+    c1, c2 = rng.uniform(0.3, 0.95, 3), rng.uniform(0.3, 0.95, 3)
     scale = depth / 5.0
     tu, tv = x * scale, y * scale
     theta = rng.uniform(0, np.pi)
@@ -135,8 +136,8 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
     x, y = _grid(size)
 
     bg_kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    gx, gy = rng.uniform(-0.5, 0.5, 2)
-    depth = rng.uniform(4.8, 6.0) + gx * x + gy * y
+    gx, gy = rng.uniform(-0.9, 0.9, 2)
+    depth = rng.uniform(6.0, 7.5) + gx * x + gy * y
     normals = np.array(_normals_of_plane(gx, gy, depth.shape))
     albedo = _background_albedo(bg_kind, rng, x, y, depth)
     semseg = np.zeros((size, size), np.uint8)
@@ -171,8 +172,12 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig = SceneConfig()) -> 
         semseg[visible] = cls + 1
         instances[visible] = inst
 
-    shade = 0.3 + 0.7 * np.clip(normals @ LIGHT, 0.0, 1.0)
-    fog = np.clip((depth - 1.5) / 7.0, 0.0, 0.7)[..., None]
+    to_light = LIGHT_POSITION - np.stack([x, y, depth], axis=-1)
+    distance = np.linalg.norm(to_light, axis=-1, keepdims=True)
+    lambert = np.clip((normals * to_light / distance).sum(-1), 0.0, 1.0)
+    falloff = np.minimum((LIGHT_REACH_M / distance[..., 0]) ** 2, 1.6)
+    shade = 0.08 + 0.75 * lambert * falloff
+    fog = np.clip((depth - 1.5) / 16.0, 0.0, 0.6)[..., None]
     rgb = albedo * shade[..., None] * (1 - fog) + 0.75 * fog
     rgb += rng.normal(0, 0.015, rgb.shape)
     image = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
