@@ -43,9 +43,11 @@ class TaskKind(ABC):
         self.labels = tuple(labels) if labels else None
 
     @property
-    @abstractmethod
     def channels(self) -> int:
-        """Number of output channels of the head."""
+        """Number of output channels of the head: one per label unless a kind says otherwise."""
+        if self.labels is None:
+            raise NotImplementedError(f"{type(self).__name__} must define its channels")
+        return len(self.labels)
 
     @abstractmethod
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

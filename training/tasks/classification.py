@@ -47,12 +47,6 @@ class Classification(TaskKind):
     higher_is_better: ClassVar[dict[str, bool]] = {"top1": True, "top5": True}
 
     @override
-    @property
-    def channels(self) -> int:
-        assert self.labels is not None
-        return len(self.labels)
-
-    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred.float(), target)
 

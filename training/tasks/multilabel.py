@@ -61,12 +61,6 @@ class Multilabel(TaskKind):
     higher_is_better: ClassVar[dict[str, bool]] = {"map": True, "f1": True}
 
     @override
-    @property
-    def channels(self) -> int:
-        assert self.labels is not None
-        return len(self.labels)
-
-    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(pred.float(), target)
 

@@ -50,12 +50,6 @@ class Segmentation(TaskKind):
     higher_is_better: ClassVar[dict[str, bool]] = {"miou": True, "pixel_acc": True}
 
     @override
-    @property
-    def channels(self) -> int:
-        assert self.labels is not None
-        return len(self.labels)
-
-    @override
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred.float(), target, ignore_index=IGNORE_INDEX)
 
