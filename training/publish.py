@@ -36,7 +36,9 @@ def staging_dir(repo: Path, name: str) -> Path:
     """A fresh hidden directory inside ``repo/name`` to write a version into before publishing."""
     model_dir = repo / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+    staged = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+    staged.chmod(0o755)  # mkdtemp makes it private; servers often run as another user
+    return staged
 
 
 def _fsync_tree(path: Path) -> None:
@@ -53,6 +55,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -77,6 +80,8 @@ def publish_version(
         version = (existing_versions(model_dir) or [0])[-1] + 1
         manifest = make_manifest(version)
         manifest.dump(staged / MANIFEST_FILE)
+        for f in staged.iterdir():
+            f.chmod(0o644)
         _fsync_tree(staged)
         target = model_dir / str(version)
         if target.exists():

@@ -96,7 +96,8 @@ def test_bundled_metrics_match_a_fresh_evaluate(manifest, tmp_path, cli_env):
     fresh = json.loads(out.read_text())["metrics"]
     for task, metrics in manifest.metrics.items():
         for name, value in metrics.items():
-            assert fresh[task][name] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, name)
+            # a CPU with other SIMD kernels may round differently: agree to 1e-3
+            assert fresh[task][name] == pytest.approx(value, rel=1e-3, abs=1e-4), (task, name)
 
 
 def test_bundled_model_is_well_above_chance(manifest):
@@ -105,5 +106,5 @@ def test_bundled_model_is_well_above_chance(manifest):
     assert m["background"]["top1"] > 0.7  # chance is 0.25
     assert m["shapes"]["map"] > 0.7
     assert m["edges"]["f1"] > 0.4
-    assert m["normals"]["mean_angle"] < 25.0  # a constant "facing the camera" guess is ~30+
-    assert m["depth"]["abs_rel"] < 0.1
+    assert m["normals"]["mean_angle"] < 20.0  # the mean normal everywhere scores ~33 degrees
+    assert m["depth"]["abs_rel"] < 0.12  # the mean depth everywhere scores ~0.22
