@@ -34,6 +34,11 @@ from serving.manifest import Manifest  # noqa: E402
 from tests.gateway import gateway_process  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
+MODES = (
+    ("all tasks decoded, float16 maps (default)", ""),
+    ("all tasks decoded, PNG maps", "?encoding=png"),
+    ("one image-level task", "?tasks=background"),
+)
 
 
 def raw_ort(version_dir: Path, seconds: float) -> dict:
@@ -193,10 +198,7 @@ def main() -> None:
             image = work / f"{name}.png"
             image.write_bytes(image_for(m))
             raw = raw_ort(version, args.seconds)
-            for label, query in (
-                ("all tasks decoded, PNG maps", ""),
-                ("one image-level task", "?tasks=background"),
-            ):
+            for label, query in MODES:
                 report(name, raw, gateway(repo, name, image, args.seconds, query), label)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -43,7 +43,7 @@ def select_tasks(manifest: Manifest, requested: Sequence[str] | None) -> list[Ta
 
 def parse_options(encoding: str | None, resolution: str | None, top_k: int | None) -> DecodeOptions:
     """Validated decode options (bad values are a 400 naming the choices)."""
-    enc = encoding or "png"
+    enc = encoding or "float16"
     if enc not in ENCODINGS:
         raise BadRequest(f"encoding must be one of {', '.join(ENCODINGS)}, got {enc!r}")
     res = resolution or "original"

@@ -43,7 +43,7 @@ document.getElementById('file').onchange=async e=>{
  const src=card('input');const im=new Image();im.src=URL.createObjectURL(f);src.appendChild(im);
  const fd=new FormData();fd.append('file',f);
  const m=document.getElementById('model').value;
- const r=await fetch('v1/models/'+encodeURIComponent(m)+'/predict',{method:'POST',body:fd,headers:hdrs()});
+ const r=await fetch('v1/models/'+encodeURIComponent(m)+'/predict?encoding=png',{method:'POST',body:fd,headers:hdrs()});
  const j=await r.json();if(!r.ok){document.getElementById('err').textContent=j.error;return}
  for(const [name,t] of Object.entries(j.predictions[0].tasks)){const d=card(name+' ('+t.kind+')');
   if(t.kind==='segmentation'){classMap(t.map,d);

@@ -173,7 +173,7 @@ async def predict(
     ] = None,
     version: Annotated[int | None, Query(ge=1, description="Pin a model version.")] = None,
     encoding: Annotated[
-        str | None, Query(description="Dense maps: png (default), float16 or json.")
+        str | None, Query(description="Dense maps: float16 (default), png or json.")
     ] = None,
     resolution: Annotated[str | None, Query(description="original (default) or model.")] = None,
     top_k: Annotated[int | None, Query(description="Labels returned for classification.")] = None,

@@ -112,9 +112,15 @@ def test_export_publishes_versions_with_contract(pipeline):
     assert config.platform == "onnxruntime_onnx"
     assert [o.name for o in config.outputs] == m.output_names
     # readable by a server running as another user (Triton containers, non-root gateways)
-    for path in (repo / "smoke" / "1", repo / "smoke" / "1" / "model.onnx", repo / "smoke" / "config.pbtxt"):
+    for path in (
+        repo / "smoke" / "1",
+        repo / "smoke" / "1" / "model.onnx",
+        repo / "smoke" / "config.pbtxt",
+    ):
         assert path.stat().st_mode & 0o004, path
-    assert not [p for p in (repo / "smoke").iterdir() if p.name.startswith(".")], "staging left behind"
+    assert not [p for p in (repo / "smoke").iterdir() if p.name.startswith(".")], (
+        "staging left behind"
+    )
 
 
 def test_exported_onnx_matches_manifest_and_runs_any_batch(pipeline):

@@ -65,7 +65,7 @@ def direct(image: bytes, version=1):
 
 def test_one_image_every_task_decoded(url):
     r = httpx.post(
-        f"{url}/v1/models/scenes/predict",
+        f"{url}/v1/models/scenes/predict?encoding=png",
         files={"file": ("a.png", scene_png(1), "image/png")},
         timeout=30,
     )
@@ -108,6 +108,31 @@ def test_predictions_equal_running_the_onnx_model_directly(url):
     assert [
         t["shapes"]["scores"][k] for k in ("circle", "square", "triangle", "star")
     ] == pytest.approx(sig.tolist(), rel=1e-4)
+
+
+def test_default_encoding_is_float16_and_json_lists_on_request(url):
+    image = scene_png(4)
+    default = httpx.post(
+        f"{url}/v1/models/scenes/predict?tasks=depth,semseg",
+        content=image,
+        headers={"content-type": "image/png"},
+        timeout=30,
+    ).json()
+    as_json = httpx.post(
+        f"{url}/v1/models/scenes/predict?tasks=depth,semseg&encoding=json",
+        content=image,
+        headers={"content-type": "image/png"},
+        timeout=30,
+    ).json()
+    d, j = default["predictions"][0]["tasks"], as_json["predictions"][0]["tasks"]
+    assert d["depth"]["map"]["encoding"] == "float16" and d["semseg"]["map"]["encoding"] == "raw"
+    assert j["depth"]["map"]["encoding"] == "json" and isinstance(j["depth"]["map"]["data"], list)
+    assert np.allclose(
+        decode_array(d["depth"]["map"]).astype(np.float32),
+        decode_array(j["depth"]["map"]),
+        atol=5e-3,
+    )
+    assert np.array_equal(decode_array(d["semseg"]["map"]), decode_array(j["semseg"]["map"]))
 
 
 def test_several_images_multipart_and_json(url):

@@ -97,7 +97,7 @@ def test_segmentation_resized_to_original_with_shares(encoding):
 def test_depth_png_round_trips_within_quantisation():
     depth = np.linspace(1, 5, 16, dtype=np.float32).reshape(1, 4, 4)
     g = Geometry((4, 4), (4, 4), (0, 0))
-    out = decode(depth, task("depth", 1), g, DecodeOptions())
+    out = decode(depth, task("depth", 1), g, DecodeOptions(encoding="png"))
     q = decode_array(out["map"]).astype(np.float64)
     back = out["map"]["value_min"] + q / 65535 * (out["map"]["value_max"] - out["map"]["value_min"])
     assert np.allclose(back, depth[0], atol=1e-3)
