@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.manifest import Std, TaskName
 from training.errors import ConfigError
 from training.models import ARCHITECTURES, BACKBONES
 from training.tasks import TASK_KINDS
@@ -46,22 +47,15 @@ class DataConfig(_Section):
     val_split: str = "val"
     test_split: str = "test"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: Std = (0.229, 0.224, 0.225)
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = Field(0, ge=0)
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(v) <= 0:
-            raise ValueError(f"every std must be > 0, got {list(v)}")
-        return v
 
 
 class TaskConfig(_Section):
     """One task to train: its dataset name and kind (labels come from the dataset)."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: TaskName
     kind: str
 
     @field_validator("kind")

@@ -12,9 +12,10 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -42,6 +43,18 @@ _THRESHOLDED = {"edges", "saliency", "multilabel"}
 _FIXED_CHANNELS = {"depth": 1, "edges": 1, "saliency": 1, "normals": 3}
 
 
+def _positive_std(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    if min(v) <= 0:
+        raise ValueError(f"every std must be > 0, got {list(v)}")
+    return v
+
+
+#: Per-channel normalisation std (every value > 0), shared with the training config.
+Std = Annotated[tuple[float, float, float], AfterValidator(_positive_std)]
+#: A task name: an identifier, since it names ONNX outputs, columns and config keys.
+TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class ManifestError(ValueError):
     """A manifest is missing, unreadable or inconsistent; the message names the field."""
 
@@ -62,21 +75,14 @@ class InputSpec(_Frozen):
     width: int = Field(gt=0, le=8192)
     scale: float = Field(1.0 / 255.0, gt=0.0)
     mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    std: Std
     resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(v) <= 0:
-            raise ValueError(f"every std must be > 0, got {list(v)}")
-        return v
 
 
 class TaskSpec(_Frozen):
     """One task head: its kind, ONNX output and how to decode it."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: TaskName
     kind: str
     output: str = Field(min_length=1)
     channels: int = Field(ge=1)
