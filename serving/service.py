@@ -6,9 +6,10 @@ Routes (``serving.api``) and batch scoring call this; it knows nothing about HTT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from serving.metrics import Metrics
 from serving.postprocess import DecodeOptions, decode
 from serving.preprocess import Geometry, preprocess
 from serving.repository import ModelRepository, ModelVersion
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,29 @@ def parse_options(encoding: str | None, resolution: str | None, top_k: int | Non
 class PredictionService:
     """Predict every (or the requested) task for a list of encoded images in one forward pass."""
 
-    def __init__(self, repository: ModelRepository, limits: ImageLimits, metrics: Metrics) -> None:
-        """Serve models from ``repository``."""
+    def __init__(
+        self,
+        repository: ModelRepository,
+        limits: ImageLimits,
+        metrics: Metrics,
+        cpu_workers: int = 2,
+    ) -> None:
+        """Serve models from ``repository``.
+
+        Image decoding and output encoding run on ``cpu_workers`` threads: more threads than
+        cores only fight over the GIL and over the cores the model needs.
+        """
         self.repository = repository
         self.limits = limits
         self.metrics = metrics
+        self._cpu = ThreadPoolExecutor(max_workers=cpu_workers, thread_name_prefix="codec")
+
+    async def _on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    def close(self) -> None:
+        """Stop the codec threads."""
+        self._cpu.shutdown(wait=False)
 
     def _prepare(self, data: bytes, mv: ModelVersion) -> tuple[np.ndarray, Geometry]:
         x, g = preprocess(data, mv.manifest.input, self.limits.max_pixels)
@@ -93,7 +114,7 @@ class PredictionService:
         options = options or DecodeOptions()
 
         prepared = await asyncio.gather(
-            *(asyncio.to_thread(self._prepare, data, mv) for data in images),
+            *(self._on_cpu(self._prepare, data, mv) for data in images),
             return_exceptions=True,
         )
         for i, p in enumerate(prepared):
@@ -113,7 +134,7 @@ class PredictionService:
                 for i, (_, g) in enumerate(inputs)
             ]
 
-        predictions = await asyncio.to_thread(decode_all)
+        predictions = await self._on_cpu(decode_all)
         return {
             "model": mv.name,
             "version": mv.version,

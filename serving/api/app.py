@@ -64,6 +64,7 @@ def create_app(
             yield
         finally:
             await repository.stop()
+            service.close()
 
     app = FastAPI(
         title="polyhead",
