@@ -4,6 +4,9 @@ A sample is a dict of numpy arrays: ``image`` (H,W,3 uint8) and one array per de
 ``_kinds`` (task -> kind) so each transform knows how to treat each map. Labels are resampled
 nearest-neighbour (class maps stay class maps; depth and normals are never interpolated across
 object edges); a horizontal flip negates the x component of normals.
+
+Random transforms draw from the ``np.random.Generator`` they are given, or by default from one
+seeded per process from ``torch.initial_seed()`` (see ``_Draws``).
 """
 
 from __future__ import annotations
@@ -17,12 +20,28 @@ from PIL import Image
 Sample = dict[str, Any]
 
 
-def _rng(rng: np.random.Generator | None) -> np.random.Generator:
-    if rng is not None:
-        return rng
-    import torch  # only for the per-worker seed, so DataLoader workers draw differently
+class _Draws:
+    """The generator a transform draws from: the one it was given, or a per-process default.
 
-    return np.random.default_rng(torch.initial_seed() % 2**63)
+    The default is seeded from ``torch.initial_seed()`` and made on first use in each process, so
+    DataLoader workers (each with its own torch seed) draw differently, and runs seeded with
+    ``torch.manual_seed`` repeat. Made at construction it would be copied into every worker.
+    """
+
+    def __init__(self, rng: np.random.Generator | None) -> None:
+        self.given = rng
+        self._seed: int | None = None
+        self._default: np.random.Generator | None = None
+
+    def get(self) -> np.random.Generator:
+        if self.given is not None:
+            return self.given
+        import torch  # only for the per-worker seed; the transforms themselves are numpy
+
+        seed = torch.initial_seed()
+        if self._default is None or seed != self._seed:
+            self._seed, self._default = seed, np.random.default_rng(seed)
+        return self._default
 
 
 def _maps(sample: Sample) -> dict[str, str]:
@@ -61,11 +80,11 @@ class RandomHorizontalFlip:
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None) -> None:
         """Flip with probability ``p`` using draws from ``rng``."""
-        self.p, self.rng = p, _rng(rng)
+        self.p, self._draws = p, _Draws(rng)
 
     def __call__(self, sample: Sample) -> Sample:
         """Return the transformed sample (the input is not modified)."""
-        if self.rng.random() >= self.p:
+        if self._draws.get().random() >= self.p:
             return sample
         out = dict(sample)
         out["image"] = np.ascontiguousarray(sample["image"][:, ::-1])
@@ -87,15 +106,16 @@ class RandomScaleCrop:
         """Zoom factors are uniform in ``scale`` (both >= 1)."""
         if not 1.0 <= scale[0] <= scale[1]:
             raise ValueError(f"scale must satisfy 1 <= min <= max, got {scale}")
-        self.scale, self.rng = scale, _rng(rng)
+        self.scale, self._draws = scale, _Draws(rng)
 
     def __call__(self, sample: Sample) -> Sample:
         """Return the transformed sample (the input is not modified)."""
+        rng = self._draws.get()
         h, w = sample["image"].shape[:2]
-        f = self.rng.uniform(*self.scale)
+        f = rng.uniform(*self.scale)
         big = (round(h * f), round(w * f))
-        top = int(self.rng.integers(0, big[0] - h + 1))
-        left = int(self.rng.integers(0, big[1] - w + 1))
+        top = int(rng.integers(0, big[0] - h + 1))
+        left = int(rng.integers(0, big[1] - w + 1))
         out = dict(sample)
         out["image"] = _resize_image(sample["image"], big)[top : top + h, left : left + w]
         for task in _maps(sample):
@@ -108,7 +128,9 @@ class Resize:
 
     def __init__(self, size: tuple[int, int]) -> None:
         """Target (height, width)."""
-        self.size = size
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be (height, width) >= 1, got {size}")
+        self.size = (int(size[0]), int(size[1]))
 
     def __call__(self, sample: Sample) -> Sample:
         """Return the transformed sample (the input is not modified)."""
@@ -126,13 +148,14 @@ class ColorJitter:
         self, brightness: float = 0.2, contrast: float = 0.2, rng: np.random.Generator | None = None
     ) -> None:
         """Factors are uniform in [1 - x, 1 + x]."""
-        self.brightness, self.contrast, self.rng = brightness, contrast, _rng(rng)
+        self.brightness, self.contrast, self._draws = brightness, contrast, _Draws(rng)
 
     def __call__(self, sample: Sample) -> Sample:
         """Return the transformed sample (the input is not modified)."""
         img = sample["image"].astype(np.float32)
-        b = self.rng.uniform(1 - self.brightness, 1 + self.brightness)
-        c = self.rng.uniform(1 - self.contrast, 1 + self.contrast)
+        rng = self._draws.get()
+        b = rng.uniform(1 - self.brightness, 1 + self.brightness)
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast)
         mean = img.mean()
         img = (img * b - mean * b) * c + mean * b
         return {**sample, "image": np.clip(img + 0.5, 0, 255).astype(np.uint8)}

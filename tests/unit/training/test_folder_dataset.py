@@ -127,3 +127,71 @@ def test_resize_and_jitter(root):
     assert out["image"].shape == (16, 24, 3) and out["semseg"].shape == (16, 24)
     assert np.array_equal(out["normals"].shape, (16, 24, 3))
     assert set(np.unique(out["semseg"])) <= set(np.unique(s["semseg"]))
+
+
+def test_scale_crop_keeps_normals_as_they_were(root):
+    s = dense_sample(root)
+    out = RandomScaleCrop(scale=(1.3, 1.6), rng=np.random.default_rng(2))(s)
+    before = {tuple(v) for v in s["normals"].reshape(-1, 3)}
+    assert {tuple(v) for v in out["normals"].reshape(-1, 3)} <= before
+    assert out["normals"].shape == s["normals"].shape
+
+
+def test_default_draws_follow_the_torch_seed_of_the_process(root):
+    s = dense_sample(root)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        jitter = ColorJitter(0.5, 0.5)
+        a = jitter(s)["image"]
+        torch.manual_seed(2)  # as in another DataLoader worker
+        b = jitter(s)["image"]
+        torch.manual_seed(1)
+        c = ColorJitter(0.5, 0.5)(s)["image"]
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, c)
+
+
+def test_dataset_error_is_a_training_error_and_a_value_error():
+    from training.errors import PolyheadTrainingError
+
+    assert issubclass(DatasetError, PolyheadTrainingError) and issubclass(DatasetError, ValueError)
+
+
+def copy_of(root, tmp_path):
+    import shutil
+
+    return shutil.copytree(root, tmp_path / "copy")
+
+
+def test_malformed_dataset_json_names_the_file(root, tmp_path):
+    copy = copy_of(root, tmp_path)
+    (copy / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"dataset\.json: not readable JSON"):
+        FolderDataset(copy, "train")
+    (copy / "dataset.json").write_text(json.dumps({"format": "polyhead-dataset/2"}))
+    with pytest.raises(DatasetError, match="format 'polyhead-dataset/2' not supported"):
+        FolderDataset(copy, "train")
+    (copy / "dataset.json").write_text(json.dumps({"tasks": {}}))
+    with pytest.raises(DatasetError, match=r"dataset\.json: malformed \(KeyError: 'image_size'\)"):
+        FolderDataset(copy, "train")
+    (copy / "dataset.json").unlink()
+    with pytest.raises(DatasetError, match=r"no dataset\.json"):
+        FolderDataset(copy, "train")
+
+
+def test_bad_labels_and_mismatched_maps_name_the_file(root, tmp_path):
+    copy = copy_of(root, tmp_path)
+    ds = FolderDataset(copy, "train", ["background", "semseg"])
+    sid = ds.ids[0]
+    labels = json.loads((copy / "labels.json").read_text())
+    labels[sid]["background"] = "polka"
+    (copy / "labels.json").write_text(json.dumps(labels))
+    ds = FolderDataset(copy, "train", ["background"])
+    with pytest.raises(DatasetError, match=rf"labels\.json: {sid}\.background: 'polka' is not in"):
+        ds[0]
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(copy / "semseg" / f"{sid}.png")
+    with pytest.raises(DatasetError, match=rf"semseg/{sid}: size \(8, 8\) differs"):
+        FolderDataset(copy, "train", ["semseg"])[0]
+    (copy / "depth" / f"{sid}.npy").unlink()
+    with pytest.raises(DatasetError, match=rf"missing file: .*depth/{sid}\.npy"):
+        FolderDataset(copy, "train", ["depth"])[0]

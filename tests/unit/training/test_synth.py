@@ -7,9 +7,12 @@ from PIL import Image
 from training.data.synth import (
     SHAPE_CLASSES,
     SceneConfig,
+    composite,
     instance_edges,
     pixel_size,
     render_scene,
+    scene_surfaces,
+    split_ids,
     write_dataset,
 )
 
@@ -60,15 +63,36 @@ def test_refuses_to_overwrite_without_permission(tmp_path):
 
 
 @pytest.mark.parametrize("i", range(8))
-def test_shapes_are_in_front_of_the_background_and_zbuffered(i):
+def test_shapes_are_in_front_of_the_background(i):
     s = scene(i)
     assert (s.depth > 0).all()
     bg = s.semseg == 0
     if (~bg).any():
         assert s.depth[~bg].max() < s.depth[bg].min()
-    # the visible surface is the nearest one: re-rendering with a shape's pixels hidden by
-    # another always means the hidden one was farther, which shows as depth jumps at edges
-    assert s.instances.max() >= 1
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_zbuffer_shows_the_nearest_surface_whatever_the_drawing_order(i):
+    s = scene(i)
+    _, surfaces = scene_surfaces(np.random.default_rng([0, i]), SceneConfig(size=64))
+    # every surface's depth where it covers the pixel, inf elsewhere: the visible one is the min
+    stack = np.stack([np.where(f.mask, f.depth, np.inf) for f in surfaces])
+    assert np.array_equal(s.instances, stack.argmin(0))
+    assert np.allclose(s.depth, stack.min(0), atol=1e-6)
+    reordered = composite([surfaces[0], *surfaces[:0:-1]])
+    assert np.array_equal(reordered.depth, composite(surfaces).depth)
+    assert np.array_equal(reordered.semseg, s.semseg)
+
+
+def test_zbuffer_is_exercised_by_overlapping_shapes():
+    hidden = 0
+    for i in range(30):
+        _, surfaces = scene_surfaces(np.random.default_rng([0, i]), SceneConfig(size=64))
+        for a in surfaces[1:]:
+            for b in surfaces[1:]:
+                if a is not b:
+                    hidden += int((a.mask & b.mask & (a.depth < b.depth)).sum())
+    assert hidden > 100, "scenes should contain overlaps for the z-buffer to resolve"
 
 
 def test_flat_shapes_are_slanted_not_constant_depth():
@@ -124,3 +148,51 @@ def test_multilabel_matches_visible_classes(i):
     counts = np.bincount(s.semseg.ravel(), minlength=5)
     visible = [SHAPE_CLASSES[c - 1] for c in range(1, 5) if counts[c] >= 8]
     assert s.shapes == visible
+
+
+def test_image_level_labels_match_the_written_semseg(tmp_path):
+    root = write_dataset(tmp_path / "d", n=8, size=64, seed=3)
+    labels = json.loads((root / "labels.json").read_text())
+    for sid, lab in labels.items():
+        sem = np.asarray(Image.open(root / "semseg" / f"{sid}.png"))
+        counts = np.bincount(sem.ravel(), minlength=5)
+        assert lab["shapes"] == [SHAPE_CLASSES[c - 1] for c in range(1, 5) if counts[c] >= 8]
+        assert lab["background"] in ("stripes", "checker", "noise", "gradient")
+
+
+def test_parallel_writing_is_byte_identical(tmp_path):
+    a = write_dataset(tmp_path / "a", n=5, size=16, seed=2, workers=1)
+    b = write_dataset(tmp_path / "b", n=5, size=16, seed=2, workers=2)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_written_folder_has_ordinary_permissions(tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    root = write_dataset(tmp_path / "d", n=3, size=16)
+    assert (root.stat().st_mode & 0o777) == (probe.stat().st_mode & 0o777)
+
+
+def test_bad_arguments_are_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="min_shapes"):
+        SceneConfig(min_shapes=3, max_shapes=2)
+    with pytest.raises(ValueError, match="size"):
+        write_dataset(tmp_path / "d", n=3, size=4)
+    with pytest.raises(ValueError, match="summing to 1"):
+        write_dataset(tmp_path / "d", n=3, size=16, splits=(0.5, 0.1, 0.1))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        write_dataset(tmp_path / "file", n=3, size=16, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_splits_partition_and_respect_zero_fractions():
+    ids = [f"{i:06d}" for i in range(20)]
+    s = split_ids(ids, 0, (0.8, 0.1, 0.1))
+    assert sorted(s["train"] + s["val"] + s["test"]) == ids
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (16, 2, 2)
+    assert split_ids(ids, 0, (0.9, 0.1, 0.0))["test"] == []
+    assert split_ids(ids, 1, (0.8, 0.1, 0.1)) != s
