@@ -131,9 +131,20 @@ def export(
 
 @app.command()
 def serve(
-    repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    repo: Annotated[
+        Path | None, typer.Option(help="Model repository root [default: model_repo].")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [default: 8000].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve KServe v2 gRPC on this port (off by default).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="onnxruntime (default) or triton.")
+    ] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Triton's host:port, with --backend triton.")
+    ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Rows per forward pass.")] = None,
     max_queue_delay_ms: Annotated[
         float | None, typer.Option(help="Wait for a fuller batch.")
@@ -148,15 +159,24 @@ def serve(
     ] = None,
     env_file: Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")] = None,
 ) -> None:
-    """Serve the models of a repository over HTTP (no torch needed)."""
+    """Serve the models of a repository over HTTP, and gRPC if asked (no torch needed).
+
+    Options left out come from POLYHEAD_* environment variables (or --env-file), then defaults.
+    """
     import uvicorn
     from pydantic import ValidationError
 
     from serving.api.app import create_app
     from serving.settings import load_settings
 
-    overrides: dict[str, Any] = {"repo": repo, "host": host, "port": port}
+    overrides: dict[str, Any] = {}
     for key, value in {
+        "repo": repo,
+        "host": host,
+        "port": port,
+        "grpc_port": grpc_port,
+        "backend": backend,
+        "triton_url": triton_url,
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
         "max_queue_size": max_queue_size,

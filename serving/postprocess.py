@@ -120,10 +120,57 @@ def _encode_map(array: np.ndarray, options: DecodeOptions, **extra: Any) -> dict
 # ---- decoders ------------------------------------------------------------------------------
 
 
+# ---- task outputs as arrays (shared by the JSON decoders and the v2 tensor outputs) ----------
+
+
+def class_map(output: np.ndarray, g: Geometry, o: DecodeOptions) -> np.ndarray:
+    """H×W uint8 class indices of a segmentation output, on the requested grid."""
+    logits, size = _dense(output, g, o)
+    return _resize_nearest(logits.argmax(axis=0).astype(np.uint8), size)
+
+
+def depth_map(output: np.ndarray, g: Geometry, o: DecodeOptions) -> np.ndarray:
+    """H×W float32 depth on the requested grid."""
+    maps, size = _dense(output, g, o)
+    return _resize_float(maps, size)[0]
+
+
+def normal_map(output: np.ndarray, g: Geometry, o: DecodeOptions) -> np.ndarray:
+    """H×W×3 float32 unit normals on the requested grid."""
+    maps, size = _dense(output, g, o)
+    n = _resize_float(maps, size)
+    n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
+    return np.ascontiguousarray(n.transpose(1, 2, 0))
+
+
+def probability_map(output: np.ndarray, g: Geometry, o: DecodeOptions) -> np.ndarray:
+    """H×W float32 per-pixel probability (sigmoid of the logit) on the requested grid."""
+    maps, size = _dense(output, g, o)
+    return (1.0 / (1.0 + np.exp(-_resize_float(maps, size)[0]))).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Class probabilities of one logit vector (float64)."""
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Independent label probabilities of one logit vector (float64)."""
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _threshold(task: TaskSpec) -> float:
+    return task.threshold if task.threshold is not None else 0.5
+
+
+# ---- decoders ------------------------------------------------------------------------------
+
+
 @register("segmentation")
 def _segmentation(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    logits, size = _dense(output, g, o)
-    classes = _resize_nearest(logits.argmax(axis=0).astype(np.uint8), size)
+    classes = class_map(output, g, o)
     labels = task.labels or [str(i) for i in range(task.channels)]
     counts = np.bincount(classes.ravel(), minlength=len(labels))
     total = classes.size
@@ -137,8 +184,7 @@ def _segmentation(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOpti
 
 @register("depth")
 def _depth(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    maps, size = _dense(output, g, o)
-    depth = _resize_float(maps, size)[0]
+    depth = depth_map(output, g, o)
     lo, hi = float(depth.min()), float(depth.max())
     stats = {"min": lo, "max": hi, "mean": float(depth.mean()), "units": task.units}
     if o.encoding == "png":
@@ -153,10 +199,7 @@ def _depth(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) ->
 
 @register("normals")
 def _normals(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    maps, size = _dense(output, g, o)
-    n = _resize_float(maps, size)
-    n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
-    hwc = n.transpose(1, 2, 0)
+    hwc = normal_map(output, g, o)
     if o.encoding == "png":
         # RGB = (n + 1) * 127.5
         encoded = encode_png(np.round((hwc + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
@@ -166,9 +209,8 @@ def _normals(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) 
 
 
 def _probability_map(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    maps, size = _dense(output, g, o)
-    prob = 1.0 / (1.0 + np.exp(-_resize_float(maps, size)[0]))
-    threshold = task.threshold if task.threshold is not None else 0.5
+    prob = probability_map(output, g, o)
+    threshold = _threshold(task)
     fraction = float((prob > threshold).mean())
     if o.encoding == "png":
         encoded = encode_png(np.round(prob * 255).astype(np.uint8), scale=1 / 255)
@@ -181,14 +223,9 @@ register("edges")(_probability_map)
 register("saliency")(_probability_map)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 @register("classification")
 def _classification(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    p = _softmax(output.astype(np.float64))
+    p = softmax(output)
     labels = task.labels or [str(i) for i in range(task.channels)]
     top = np.argsort(-p)[: max(1, min(o.top_k, len(p)))]
     ranked = [{"label": labels[i], "index": int(i), "probability": float(p[i])} for i in top]
@@ -197,9 +234,9 @@ def _classification(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOp
 
 @register("multilabel")
 def _multilabel(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) -> Decoded:
-    p = 1.0 / (1.0 + np.exp(-output.astype(np.float64)))
+    p = sigmoid(output)
     labels = task.labels or [str(i) for i in range(task.channels)]
-    threshold = task.threshold if task.threshold is not None else 0.5
+    threshold = _threshold(task)
     order = np.argsort(-p)
     present = [{"label": labels[i], "probability": float(p[i])} for i in order if p[i] > threshold]
     return {

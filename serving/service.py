@@ -94,25 +94,19 @@ class PredictionService:
             )
         return x, g
 
-    async def predict(
-        self,
-        model: str,
-        images: Sequence[bytes],
-        tasks: Sequence[str] | None = None,
-        version: int | None = None,
-        options: DecodeOptions | None = None,
-    ) -> dict[str, Any]:
-        """Decoded predictions of every selected task for every image, in request order."""
+    async def prepare(
+        self, images: Sequence[bytes], mv: ModelVersion
+    ) -> tuple[np.ndarray, list[Geometry]]:
+        """Decode and pre-process encoded images into one N×3×H×W batch (on the codec threads).
+
+        The first bad image fails the whole request, its index named when there are several.
+        """
         if not images:
             raise BadRequest("no image in the request")
         if len(images) > self.limits.max_images:
             raise PayloadTooLarge(
                 f"{len(images)} images in one request; the limit is {self.limits.max_images}"
             )
-        mv = self.repository.get(model, version)
-        selected = select_tasks(mv.manifest, tasks)
-        options = options or DecodeOptions()
-
         prepared = await asyncio.gather(
             *(self._on_cpu(self._prepare, data, mv) for data in images),
             return_exceptions=True,
@@ -124,14 +118,32 @@ class PredictionService:
             if isinstance(p, BaseException):
                 raise p
         inputs = [p for p in prepared if not isinstance(p, BaseException)]
-        batch = np.stack([x for x, _ in inputs])
+        return np.stack([x for x, _ in inputs]), [g for _, g in inputs]
+
+    async def on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound work (decoding, encoding) on the codec threads."""
+        return await self._on_cpu(fn, *args)
+
+    async def predict(
+        self,
+        model: str,
+        images: Sequence[bytes],
+        tasks: Sequence[str] | None = None,
+        version: int | None = None,
+        options: DecodeOptions | None = None,
+    ) -> dict[str, Any]:
+        """Decoded predictions of every selected task for every image, in request order."""
+        mv = self.repository.get(model, version)
+        selected = select_tasks(mv.manifest, tasks)
+        options = options or DecodeOptions()
+        batch, geometries = await self.prepare(images, mv)
         outputs = await mv.infer(batch)  # the one forward pass
         self.metrics.images.labels(model).inc(len(images))
 
         def decode_all() -> list[dict[str, Any]]:
             return [
                 {t.name: decode(outputs[t.name][i], t, g, options) for t in selected}
-                for i, (_, g) in enumerate(inputs)
+                for i, g in enumerate(geometries)
             ]
 
         predictions = await self._on_cpu(decode_all)
@@ -141,6 +153,6 @@ class PredictionService:
             "tasks": [t.name for t in selected],
             "predictions": [
                 {"width": g.original[1], "height": g.original[0], "tasks": p}
-                for (_, g), p in zip(inputs, predictions, strict=True)
+                for g, p in zip(geometries, predictions, strict=True)
             ],
         }

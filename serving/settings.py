@@ -26,6 +26,19 @@ class Settings(BaseSettings):
     repo: Path = Path("model_repo")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # KServe v2 gRPC on a second port (None: HTTP only; 0: any free port)
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+
+    # where the forward pass runs: in process (ONNX Runtime) or on a Triton server
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    triton_url: str = "127.0.0.1:8001"  # host:port of Triton's gRPC (or HTTP) endpoint
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # every call to Triton
+    # Who batches with the Triton backend: "gateway" (our micro-batcher, then one Triton call
+    # per batch) or "triton" (one Triton call per request; Triton's dynamic batcher merges).
+    triton_batching: Literal["gateway", "triton"] = "gateway"
+    # per-model override of ``backend``, e.g. POLYHEAD_MODEL_BACKENDS='{"scenes": "triton"}'
+    model_backends: dict[str, Literal["onnxruntime", "triton"]] = Field(default_factory=dict)
 
     # dynamic batching
     max_batch_size: int = Field(8, ge=1, le=1024)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from serving.api import health, page, v1
+from serving.api import health, page, v1, v2
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimit, RequestMetrics
 from serving.backends.base import Backend
 from serving.manifest import Manifest
 from serving.metrics import Metrics
+from serving.oip import InferenceProtocol
 from serving.repository import BackendFactory, BatchingConfig, ModelRepository
 from serving.service import ImageLimits, PredictionService
 from serving.settings import Settings
@@ -33,6 +34,21 @@ def onnxruntime_factory(settings: Settings) -> BackendFactory:
     return make
 
 
+def backend_factory_for(settings: Settings) -> BackendFactory:
+    """ONNX Runtime in process, or a Triton server, per model as the settings say."""
+    local = onnxruntime_factory(settings)
+
+    def make(path: Path, manifest: Manifest) -> Backend:
+        kind = settings.model_backends.get(manifest.name, settings.backend)
+        if kind == "triton":
+            from serving.backends.triton import TritonBackend
+
+            return TritonBackend.connect(manifest, settings)
+        return local(path, manifest)
+
+    return make
+
+
 def create_app(
     settings: Settings | None = None, backend_factory: BackendFactory | None = None
 ) -> FastAPI:
@@ -41,7 +57,7 @@ def create_app(
     metrics = Metrics()
     repository = ModelRepository(
         settings.repo,
-        backend_factory or onnxruntime_factory(settings),
+        backend_factory or backend_factory_for(settings),
         BatchingConfig(
             settings.max_batch_size, settings.max_queue_delay_ms, settings.max_queue_size
         ),
@@ -56,13 +72,24 @@ def create_app(
         metrics,
     )
 
+    protocol = InferenceProtocol(service)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await repository.start(settings.reload_interval_s)
         log.info("serving %s from %s", repository.names(), settings.repo)
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from serving.api.grpc_service import start_grpc_server
+
+            grpc_server, app.state.grpc_port = await start_grpc_server(
+                protocol, settings, metrics, settings.grpc_port
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2.0)
             await repository.stop()
             service.close()
 
@@ -76,9 +103,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.repository = repository
     app.state.service = service
+    app.state.protocol = protocol
+    app.state.grpc_port = None
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(v1.router)
+    app.include_router(v2.router)
     app.include_router(page.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from serving.api.deps import RepositoryDep
 from serving.api.errors import error_response
 
 router = APIRouter(tags=["health"])
@@ -18,11 +17,15 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/v2/health/ready", summary="Every model has a version serving")
-async def ready(repo: RepositoryDep) -> Response:
-    """200 when ready, 503 otherwise."""
-    if repo.ready():
-        return Response(b'{"ready":true}', media_type="application/json")
-    return error_response(503, "not ready: no model version is serving yet")
+async def ready(request: Request) -> Response:
+    """200 when every model has a version whose backend can serve now, 503 otherwise."""
+    repo = request.app.state.repository
+    if not repo.ready():
+        return error_response(503, "not ready: no model version is serving yet")
+    down = [n for n in repo.names() if not repo.get(n).backend.ready()]
+    if down:
+        return error_response(503, f"not ready: the backend of {', '.join(down)} is down")
+    return Response(b'{"ready":true}', media_type="application/json")
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
