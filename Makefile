@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test install-serve install-dev lint typecheck unit demo-model clean
+TRITON_VENV ?= .venv-triton
+
+.PHONY: serve test install-serve install-dev install-triton-test lint typecheck unit demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,14 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[serve,train,dev]'
 
+# A real Triton server for the tests: the nvidia-pytriton wheel ships tritonserver (Python
+# backend only) and pins numpy<2, so it gets an environment of its own (see tests/tritonserver.py).
+$(TRITON_VENV)/bin/python:
+	$(PYTHON) -m venv $(TRITON_VENV)
+
+install-triton-test: $(TRITON_VENV)/bin/python
+	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton==0.7.0 onnxruntime
+
 serve: install-serve
 	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)
 
@@ -29,7 +39,7 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-test: install-dev lint typecheck
+test: install-dev install-triton-test lint typecheck
 	$(BIN)/python -m pytest
 
 # Rebuild the bundled demo model from scratch (about 25 minutes on 2 CPU cores).
@@ -40,4 +50,4 @@ demo-model: install-dev
 	$(BIN)/polyhead export --run runs/scenes --repo model_repo --name scenes
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -199,6 +199,72 @@ class MicroBatcher:
                     j.future.set_result(rows)
 
 
+class PassThrough:
+    """No gateway batching: each request is its own call (the backend batches, e.g. Triton).
+
+    Calls in flight are bounded like the batcher's queue (``Overloaded`` beyond it), and a
+    request larger than ``max_batch_size`` is split, as the backend would refuse it whole.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch_size: int = 8,
+        max_in_flight: int = 64,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """Forward calls to ``run``, at most ``max_in_flight`` at once."""
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_in_flight
+        self.max_delay = 0.0
+        self.observer = observer
+        self._in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        """Calls in flight."""
+        return self._in_flight
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Wait for the calls in flight."""
+        while self._in_flight:
+            await asyncio.sleep(0.005)
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Run ``inputs`` now (split into parts of at most ``max_batch_size`` rows)."""
+        rows = _rows(inputs)
+        parts = [
+            {k: v[i : i + self.max_batch_size] for k, v in inputs.items()}
+            for i in range(0, rows, self.max_batch_size)
+        ]
+        if self._in_flight + len(parts) > self.max_queue_size:
+            raise Overloaded(
+                f"server busy: {self._in_flight} calls in flight (limit {self.max_queue_size}); "
+                "retry later",
+                retry_after=1.0,
+            )
+        self._in_flight += len(parts)
+        try:
+            results = await asyncio.gather(*(self._one(p) for p in parts))
+        finally:
+            self._in_flight -= len(parts)
+        if len(results) == 1:
+            return results[0]
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    async def _one(self, part: Arrays) -> Arrays:
+        started = time.perf_counter()
+        out = await self.run(part)
+        if self.observer:
+            self.observer.queue_wait(0.0)
+            self.observer.batch(_rows(part), time.perf_counter() - started)
+        return out
+
+
 def _rows(inputs: Arrays) -> int:
     counts = {v.shape[0] for v in inputs.values()}
     if len(counts) != 1:

@@ -70,6 +70,10 @@ class ModelNotReady(PolyheadError):
     status = 503
 
 
+class BackendUnavailable(ModelNotReady):
+    """The inference backend (a Triton server) is unreachable, not ready, or timed out."""
+
+
 class ModelLoadError(PolyheadError):
     """A model version could not be loaded (bad manifest, graph mismatch, unreadable file)."""
 

@@ -139,7 +139,7 @@ def normal_map(output: np.ndarray, g: Geometry, o: DecodeOptions) -> np.ndarray:
     """H×W×3 float32 unit normals on the requested grid."""
     maps, size = _dense(output, g, o)
     n = _resize_float(maps, size)
-    n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
+    n = n / np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)  # n may be read-only
     return np.ascontiguousarray(n.transpose(1, 2, 0))
 
 

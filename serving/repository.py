@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.backends.base import Backend
-from serving.batching import MicroBatcher
-from serving.errors import ModelLoadError, NotFound
+from serving.batching import MicroBatcher, PassThrough
+from serving.errors import BackendUnavailable, ModelLoadError, NotFound
 from serving.manifest import Manifest, ManifestError
 from serving.metrics import Metrics
 
@@ -51,7 +51,7 @@ class ModelVersion:
     path: Path
     manifest: Manifest
     backend: Backend
-    batcher: MicroBatcher
+    batcher: MicroBatcher | PassThrough
     loaded_at: float = field(default_factory=time.time)
 
     async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,6 +233,11 @@ class ModelRepository:
             return
         try:
             mv = await self._load(name, version, path)
+        except BackendUnavailable as e:
+            # transient (a Triton server not up yet): retried at every scan, nothing recorded
+            self.metrics.loads.labels(name, "unavailable").inc()
+            log.warning("cannot load %s version %d yet: %s", name, version, e.message)
+            return
         except ModelLoadError as e:
             self._failed[(name, version)] = (sig, e.message)
             self.metrics.loads.labels(name, "failure").inc()
@@ -259,20 +264,30 @@ class ModelRepository:
         try:
             check_against_graph(manifest, backend)
             await self._warm_up(manifest, backend)
-        except ModelLoadError:
+        except (ModelLoadError, BackendUnavailable):
             await backend.close()
             raise
         except Exception as e:
             await backend.close()
             raise ModelLoadError(f"{path}: warm-up failed: {e}") from e
         b = self.batching
-        batcher = MicroBatcher(
-            lambda batch: backend.infer(batch, manifest.output_names),
-            max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
-            max_queue_delay_ms=b.max_queue_delay_ms,
-            max_queue_size=b.max_queue_size,
-            observer=self.metrics.observer(name),
-        )
+        batcher: MicroBatcher | PassThrough
+        if getattr(backend, "batches_itself", False):
+            # the backend (Triton's dynamic batcher) merges requests: one call per request
+            batcher = PassThrough(
+                lambda batch: backend.infer(batch, manifest.output_names),
+                max_batch_size=manifest.max_batch_size,
+                max_in_flight=b.max_queue_size,
+                observer=self.metrics.observer(name),
+            )
+        else:
+            batcher = MicroBatcher(
+                lambda batch: backend.infer(batch, manifest.output_names),
+                max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
+                max_queue_delay_ms=b.max_queue_delay_ms,
+                max_queue_size=b.max_queue_size,
+                observer=self.metrics.observer(name),
+            )
         return ModelVersion(name, version, path, manifest, backend, batcher)
 
     async def _warm_up(self, manifest: Manifest, backend: Backend) -> None:
