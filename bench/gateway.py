@@ -1,13 +1,16 @@
 """Gateway vs raw ONNX Runtime, side by side in one run, on the bundled model and a heavy one.
 
-    python bench/gateway.py [--seconds 6] [--skip-heavy]
+    python bench/gateway.py [--seconds 6] [--skip-heavy] [--skip-triton]
 
 For each model: raw ``session.run`` throughput at batch 1..16 (best kept) and p50 latency at
 batch 1, in process; then ``polyhead serve`` over loopback at concurrency 1, 8, 32, 64 with the
-load generator in another process (it shares the two cores, as a real client on the box would).
-Prints the ratios: gateway / raw throughput at saturation, and the p50 latency the gateway adds
+load generator in another process (it shares the two cores, as a real client on the box would):
+/v1 with images (three modes), /v2 with a binary FP32 tensor over HTTP and over gRPC, and /v1 in
+front of a real Triton (the nvidia-pytriton tritonserver of the tests, its Python backend running
+the same ONNX with ONNX Runtime), batching in the gateway or in Triton; and Triton alone over
+gRPC for reference. Prints the ratios: throughput / raw at saturation, and the p50 latency added
 at concurrency 1. The heavy model (ResNet-50, 256x256, random weights) is exported on the fly
-(needs the train extra).
+(needs the train extra); the Triton rows need ``make install-triton-test``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ sys.path.insert(0, str(ROOT))
 
 from serving.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from serving.manifest import Manifest  # noqa: E402
-from tests.gateway import gateway_process  # noqa: E402
+from tests.gateway import free_port, gateway_server  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
 MODES = (
-    ("all tasks decoded, float16 maps (default)", ""),
-    ("all tasks decoded, PNG maps", "?encoding=png"),
-    ("one image-level task", "?tasks=background"),
+    ("/v1, all tasks decoded, float16 maps (default)", ""),
+    ("/v1, all tasks decoded, PNG maps", "?encoding=png"),
+    ("/v1, one image-level task", "?tasks=background"),
 )
+GATEWAY_ENV = {"reload_interval_s": "0", "max_queue_size": "256", "max_batch_size": "16"}
 
 
 def raw_ort(version_dir: Path, seconds: float) -> dict:
@@ -75,31 +79,105 @@ def image_for(m: Manifest) -> bytes:
     return buf.getvalue()
 
 
-def gateway(repo: Path, name: str, image: Path, seconds: float, query: str) -> list[dict]:
+def v2_body(m: Manifest, path: Path) -> int:
+    """A KServe v2 request, JSON header + one FP32 image tensor in binary; returns header size."""
+    shape = [1, m.input.channels, m.input.height, m.input.width]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": m.input.name,
+                    "datatype": "FP32",
+                    "shape": shape,
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    path.write_bytes(header + x.tobytes())
+    return len(header)
+
+
+def load(args: list[str], seconds: float) -> list[dict]:
+    """The load generator at each concurrency."""
     results = []
-    with gateway_process(
-        repo, reload_interval_s="0", max_queue_size="256", max_batch_size="16"
-    ) as url:
-        for c in CONCURRENCY:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "bench" / "loadgen.py"),
-                    "--url",
-                    f"{url}/v1/models/{name}/predict{query}",
-                    "--image",
-                    str(image),
-                    "--concurrency",
-                    str(c),
-                    "--seconds",
-                    str(seconds),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results.append(json.loads(out.stdout))
+    for c in CONCURRENCY:
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "loadgen.py"),
+                *args,
+                "--concurrency",
+                str(c),
+                "--seconds",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(json.loads(out.stdout))
     return results
+
+
+def http_args(url: str, body: Path, headers: dict[str, str] | None = None) -> list[str]:
+    args = ["--url", url, "--body", str(body)]
+    for k, v in (headers or {"content-type": "image/png"}).items():
+        args += ["--header", f"{k}: {v}"]
+    return args
+
+
+def grpc_args(target: str, m: Manifest) -> list[str]:
+    shape = f"1,{m.input.channels},{m.input.height},{m.input.width}"
+    return ["--grpc", target, "--model", m.name, "--shape", shape]
+
+
+def runs(repo: Path, work: Path, m: Manifest, seconds: float, triton: bool):
+    """(label, rows) of every way of serving ``m``."""
+    image = work / f"{m.name}.png"
+    image.write_bytes(image_for(m))
+    body = work / f"{m.name}.v2"
+    header_len = v2_body(m, body)
+    grpc_port = free_port()
+    with gateway_server(repo, grpc_port=str(grpc_port), **GATEWAY_ENV) as (url, _):
+        for label, query in MODES:
+            yield label, load(http_args(f"{url}/v1/models/{m.name}/predict{query}", image), seconds)
+        v2 = {
+            "content-type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_len),
+        }
+        yield (
+            "/v2 HTTP, binary FP32 tensor in, raw outputs out",
+            load(http_args(f"{url}/v2/models/{m.name}/infer", body, v2), seconds),
+        )
+        yield (
+            "/v2 gRPC, raw FP32 tensor in, raw outputs out",
+            load(grpc_args(f"127.0.0.1:{grpc_port}", m), seconds),
+        )
+    if not triton:
+        return
+    from tests.tritonserver import triton_server
+
+    version = repo / m.name / str(m.version)
+    with triton_server([version], ort_threads=0) as t:
+        yield (
+            "Triton alone, gRPC raw tensor (Python backend running ONNX Runtime)",
+            load(grpc_args(t.grpc_url, m), seconds),
+        )
+        for batching in ("gateway", "triton"):
+            env = {
+                **GATEWAY_ENV,
+                "backend": "triton",
+                "triton_url": t.grpc_url,
+                "triton_batching": batching,
+            }
+            with gateway_server(repo, **env) as (url, _):
+                yield (
+                    f"/v1 default, gateway -> Triton gRPC, batching in {batching}",
+                    load(http_args(f"{url}/v1/models/{m.name}/predict", image), seconds),
+                )
 
 
 def heavy_model(repo: Path) -> None:
@@ -157,7 +235,7 @@ def heavy_model(repo: Path) -> None:
 def report(name: str, raw: dict, gw: list[dict], label: str) -> None:
     sat = max(gw, key=lambda r: r["throughput"])
     c1 = next(r for r in gw if r["concurrency"] == 1)
-    print(f"\n== {name} ({label}) ==")
+    print(f"\n== {name}: {label} ==", flush=True)
     print(
         f"raw ONNX Runtime: {raw['throughput']:.1f} img/s at batch {raw['batch']} "
         f"(by batch {raw['by_batch']}), p50 {raw['p50_ms']:.2f} ms at batch 1"
@@ -169,7 +247,7 @@ def report(name: str, raw: dict, gw: list[dict], label: str) -> None:
             f"{r['p90_ms']:6.1f}  {r['p99_ms']:6.1f}  {r['errors']}"
         )
     print(
-        f"gateway/raw throughput at saturation: {sat['throughput'] / raw['throughput']:.2f}x "
+        f"throughput / raw at saturation: {sat['throughput'] / raw['throughput']:.2f}x "
         f"(concurrency {sat['concurrency']})"
     )
     print(f"added p50 latency at concurrency 1: {c1['p50_ms'] - raw['p50_ms']:+.2f} ms")
@@ -181,6 +259,7 @@ def main() -> None:
     )
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--skip-heavy", action="store_true")
+    p.add_argument("--skip-triton", action="store_true", help="no rows with the real Triton")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="polyhead-bench-"))
     try:
@@ -195,11 +274,9 @@ def main() -> None:
                 (d for d in (repo / name).iterdir() if d.name.isdigit()), key=lambda d: int(d.name)
             )
             m = Manifest.load(version / "manifest.json")
-            image = work / f"{name}.png"
-            image.write_bytes(image_for(m))
             raw = raw_ort(version, args.seconds)
-            for label, query in MODES:
-                report(name, raw, gateway(repo, name, image, args.seconds, query), label)
+            for label, rows in runs(repo, work, m, args.seconds, not args.skip_triton):
+                report(name, raw, rows, label)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

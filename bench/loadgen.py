@@ -1,6 +1,9 @@
-"""Load generator, run as its own process: N concurrent clients POST one image for a while.
+"""Load generator, run as its own process: N concurrent clients send one request for a while.
 
-Prints one JSON line: requests, errors, seconds, throughput (img/s) and latency percentiles (ms).
+HTTP: POST a file (an image for /v1, or a prepared KServe v2 body) with the given headers.
+gRPC: ``--grpc HOST:PORT --model NAME --shape 1,3,H,W`` sends KServe v2 ModelInfer calls with a
+random FP32 tensor in raw contents. Prints one JSON line: requests, errors, seconds, throughput
+(requests/s; one image per request) and latency percentiles (ms).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import time
 import httpx
 
 
-async def main(url: str, image: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+async def run_http(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, warmup: float
+) -> dict:
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -30,7 +35,7 @@ async def main(url: str, image: bytes, concurrency: int, seconds: float, warmup:
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
                     return
-                r = await client.post(url, content=image, headers={"content-type": "image/png"})
+                r = await client.post(url, content=body, headers=headers)
                 t1 = time.perf_counter()
                 if t0 >= measure_from:
                     if r.status_code == 200:
@@ -39,6 +44,53 @@ async def main(url: str, image: bytes, concurrency: int, seconds: float, warmup:
                         errors += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, errors, concurrency, seconds)
+
+
+async def run_grpc(
+    target: str, model: str, shape: list[int], concurrency: int, seconds: float, warmup: float
+) -> dict:
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="image", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(x.tobytes())
+    latencies: list[float] = []
+    errors = 0
+    options = [("grpc.max_receive_message_length", 1 << 30)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                try:
+                    await stub.ModelInfer(request, timeout=60)
+                    ok = True
+                except grpc.aio.AioRpcError:
+                    ok = False
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    if ok:
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, errors, concurrency, seconds)
+
+
+def summary(latencies: list[float], errors: int, concurrency: int, seconds: float) -> dict:
     lat = sorted(latencies)
     q = (
         statistics.quantiles(lat, n=100)
@@ -60,13 +112,22 @@ async def main(url: str, image: bytes, concurrency: int, seconds: float, warmup:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--url", required=True)
-    p.add_argument("--image", required=True)
+    p.add_argument("--url", help="HTTP: where to POST")
+    p.add_argument("--body", help="HTTP: file to POST")
+    p.add_argument("--header", action="append", default=[], help="HTTP: 'Name: value'")
+    p.add_argument("--grpc", help="gRPC: host:port of a KServe v2 server")
+    p.add_argument("--model", help="gRPC: model name")
+    p.add_argument("--shape", help="gRPC: input shape, e.g. 1,3,128,128")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     a = p.parse_args()
-    with open(a.image, "rb") as f:
-        data = f.read()
-    result = asyncio.run(main(a.url, data, a.concurrency, a.seconds, a.warmup))
+    if a.grpc:
+        shape = [int(d) for d in a.shape.split(",")]
+        result = asyncio.run(run_grpc(a.grpc, a.model, shape, a.concurrency, a.seconds, a.warmup))
+    else:
+        with open(a.body, "rb") as f:
+            data = f.read()
+        headers = dict(h.split(": ", 1) for h in a.header) or {"content-type": "image/png"}
+        result = asyncio.run(run_http(a.url, data, headers, a.concurrency, a.seconds, a.warmup))
     sys.stdout.write(json.dumps(result) + "\n")
