@@ -52,10 +52,18 @@ def _venv_facts() -> tuple[Path, Path, str]:
     return Path(out[0]), python, out[1]
 
 
-def build_repository(model_version_dir: Path, dest: Path) -> str:
-    """A Python-backend Triton repository for one polyhead model version; returns its name."""
+def build_repository(
+    model_version_dir: Path, dest: Path, tensorrt_precision: str | None = None
+) -> str:
+    """A Python-backend Triton repository for one polyhead model version; returns its name.
+
+    The config is the production one (warm-up included, TensorRT if asked) but for the backend.
+    """
     manifest = Manifest.load(model_version_dir / "manifest.json")
-    text = to_pbtxt(config_from_manifest(manifest, instance_kind="KIND_CPU"))
+    config = config_from_manifest(
+        manifest, instance_kind="KIND_CPU", tensorrt_precision=tensorrt_precision
+    )
+    text = to_pbtxt(config)
     text = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"')
     model_dir = dest / manifest.name
     version_dir = model_dir / str(manifest.version)

@@ -138,6 +138,9 @@ class ExportConfig(_Section):
     opset: int = Field(18, ge=13)
     max_batch_size: int = Field(8, ge=1)
     max_queue_delay_microseconds: int = Field(2000, ge=0)
+    # Triton config: TensorRT on GPU instances (off, fp16, fp32); zero-data warm-up
+    tensorrt: Literal["off", "fp16", "fp32"] = "off"
+    warmup: bool = True
     atol: float = Field(1e-4, gt=0.0)
     rtol: float = Field(1e-3, ge=0.0)
 

@@ -219,8 +219,15 @@ def export_run(
         def make_manifest(version: int) -> Manifest:
             return build_manifest(run, name, version, metrics, sha, opset, data)
 
+        trt = cfg.export.tensorrt
         version, path = publish_version(
-            Path(repo), name, staged, make_manifest, cfg.export.max_queue_delay_microseconds
+            Path(repo),
+            name,
+            staged,
+            make_manifest,
+            cfg.export.max_queue_delay_microseconds,
+            tensorrt_precision=None if trt == "off" else trt.upper(),
+            warmup=cfg.export.warmup,
         )
     except BaseException:
         discard(staged)

@@ -66,6 +66,8 @@ def publish_version(
     staged: Path,
     make_manifest: Callable[[int], Manifest],
     max_queue_delay_microseconds: int = 2000,
+    tensorrt_precision: str | None = None,
+    warmup: bool = True,
 ) -> tuple[int, Path]:
     """Move ``staged`` (holding model.onnx) into ``repo/name/<next version>``.
 
@@ -94,7 +96,10 @@ def publish_version(
             raise ExportError(f"could not publish {target}: {e}") from e
         fsync_dir(model_dir)
         config = config_from_manifest(
-            manifest, max_queue_delay_microseconds=max_queue_delay_microseconds
+            manifest,
+            max_queue_delay_microseconds=max_queue_delay_microseconds,
+            tensorrt_precision=tensorrt_precision,
+            warmup=warmup,
         )
         _write_atomic(model_dir / CONFIG_FILE, to_pbtxt(config))
         return version, target

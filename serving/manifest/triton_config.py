@@ -54,6 +54,10 @@ class ModelConfig:
     outputs: tuple[TensorConfig, ...]
     dynamic_batching: DynamicBatching | None = None
     instance_groups: tuple[InstanceGroup, ...] = ()
+    # TensorRT on GPU instances ("FP16" or "FP32"); None: plain ONNX Runtime
+    tensorrt_precision: str | None = None
+    # batch sizes Triton runs zeros through before it marks the model ready
+    warmup_batch_sizes: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -71,8 +75,17 @@ def config_from_manifest(
     max_queue_delay_microseconds: int = 2000,
     instance_kind: InstanceKind = "KIND_AUTO",
     instance_count: int = 1,
+    tensorrt_precision: str | None = None,
+    warmup: bool = True,
 ) -> ModelConfig:
-    """Triton config for the ONNX model a manifest describes."""
+    """Triton config for the ONNX model a manifest describes.
+
+    ``warmup`` makes Triton run zeros at batch 1 and the max batch size before it reports the
+    model ready (first requests then do not pay for lazy initialisation); ``tensorrt_precision``
+    asks ONNX Runtime's TensorRT accelerator on GPU instances (ignored on CPU instances).
+    """
+    if tensorrt_precision not in (None, "FP16", "FP32"):
+        raise ValueError(f"tensorrt_precision must be FP16, FP32 or None, got {tensorrt_precision}")
     inp = m.input
     return ModelConfig(
         name=m.name,
@@ -85,6 +98,8 @@ def config_from_manifest(
             max_queue_delay_microseconds=max_queue_delay_microseconds,
         ),
         instance_groups=(InstanceGroup(instance_count, instance_kind),),
+        tensorrt_precision=tensorrt_precision,
+        warmup_batch_sizes=tuple(sorted({1, m.max_batch_size})) if warmup else (),
     )
 
 
@@ -122,6 +137,35 @@ def to_pbtxt(c: ModelConfig) -> str:
         for i, g in enumerate(c.instance_groups):
             sep = "," if i < len(c.instance_groups) - 1 else ""
             lines += ["  {", f"    count: {g.count}", f"    kind: {g.kind}", "  }" + sep]
+        lines.append("]")
+    if c.tensorrt_precision is not None:
+        lines += [
+            "optimization {",
+            "  execution_accelerators {",
+            "    gpu_execution_accelerator: [",
+            "      {",
+            '        name: "tensorrt"',
+            f'        parameters {{ key: "precision_mode" value: "{c.tensorrt_precision}" }}',
+            '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+            "      }",
+            "    ]",
+            "  }",
+            "}",
+        ]
+    if c.warmup_batch_sizes and c.inputs:
+        lines.append("model_warmup [")
+        for i, b in enumerate(c.warmup_batch_sizes):
+            sep = "," if i < len(c.warmup_batch_sizes) - 1 else ""
+            lines += ["  {", f'    name: "zeros_batch_{b}"', f"    batch_size: {b}"]
+            for t in c.inputs:
+                dims = ", ".join(str(d) for d in t.dims)
+                lines += [
+                    "    inputs {",
+                    f'      key: "{t.name}"',
+                    f"      value: {{ data_type: {t.data_type} dims: [ {dims} ] zero_data: true }}",
+                    "    }",
+                ]
+            lines.append("  }" + sep)
         lines.append("]")
     return "\n".join(lines) + "\n"
 
@@ -231,7 +275,18 @@ def _tensor(fields: dict[str, list[Any]]) -> TensorConfig:
 
 
 _KNOWN = {"name", "platform", "backend", "max_batch_size", "input", "output"}
-_KNOWN |= {"dynamic_batching", "instance_group"}
+_KNOWN |= {"dynamic_batching", "instance_group", "model_warmup"}
+
+
+def _tensorrt(fields: dict[str, list[Any]]) -> str | None:
+    """The TensorRT precision of a config's GPU accelerators, if it asks for TensorRT."""
+    for opt in fields.get("optimization", []):
+        for acc in opt.get("execution_accelerators", []) if isinstance(opt, dict) else []:
+            for gpu in acc.get("gpu_execution_accelerator", []) if isinstance(acc, dict) else []:
+                if isinstance(gpu, dict) and _one(gpu, "name") == "tensorrt":
+                    params = {_one(p, "key"): _one(p, "value") for p in gpu.get("parameters", [])}
+                    return str(params.get("precision_mode", "FP32"))
+    return None
 
 
 def parse_pbtxt(text: str) -> ModelConfig:
@@ -256,6 +311,10 @@ def parse_pbtxt(text: str) -> ModelConfig:
         outputs=tuple(_tensor(t) for t in fields.get("output", [])),
         dynamic_batching=dynamic,
         instance_groups=groups,
+        tensorrt_precision=_tensorrt(fields),
+        warmup_batch_sizes=tuple(
+            int(_one(w, "batch_size", 1)) for w in fields.get("model_warmup", [])
+        ),
         extra={k: v for k, v in fields.items() if k not in _KNOWN},
     )
 

@@ -293,3 +293,21 @@ def test_production_config_stays_onnxruntime(tmp_path: Path) -> None:
     generated = (tmp_path / name / "config.pbtxt").read_text()
     assert 'backend: "python"' in generated and "platform" not in generated
     assert generated.count("name:") == text.count("name:")  # same inputs and outputs
+
+
+def test_real_triton_accepts_the_production_config_sections(tmp_path: Path) -> None:
+    """Warm-up and the TensorRT accelerator section, as export writes them, parse in Triton."""
+    repo = tmp_path / "repo"
+    build_repository(VERSION_DIR, repo, tensorrt_precision="FP16")
+    text = (repo / "scenes" / "config.pbtxt").read_text()
+    assert "model_warmup" in text and '"tensorrt"' in text
+    triton = Triton(repo, tmp_path, *(_ports()))
+    triton.start()
+    try:
+        r = httpx.get(f"http://{triton.http_url}/v2/models/scenes/config", timeout=5).json()
+        accel = r["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]
+        assert accel["name"] == "tensorrt"
+        assert accel["parameters"]["precision_mode"] == "FP16"
+        assert [w["batch_size"] for w in r["model_warmup"]] == [1, 8]
+    finally:
+        triton.stop()

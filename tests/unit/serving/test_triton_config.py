@@ -37,9 +37,26 @@ def test_round_trip_field_by_field():
         "outputs",
         "dynamic_batching",
         "instance_groups",
+        "warmup_batch_sizes",
+        "tensorrt_precision",
     ):
         assert getattr(back, field) == getattr(c, field), field
     assert back == c
+    assert c.warmup_batch_sizes == (1, 8) and c.tensorrt_precision is None
+
+
+def test_tensorrt_and_warmup_round_trip():
+    m = Manifest.parse(valid())
+    c = config_from_manifest(m, tensorrt_precision="FP16")
+    text = to_pbtxt(c)
+    assert 'name: "tensorrt"' in text and 'value: "FP16"' in text
+    assert text.count("zero_data: true") == 2
+    assert parse_pbtxt(text) == c
+    plain = config_from_manifest(m, warmup=False)
+    assert "model_warmup" not in to_pbtxt(plain) and "optimization" not in to_pbtxt(plain)
+    assert parse_pbtxt(to_pbtxt(plain)) == plain
+    with pytest.raises(ValueError, match="tensorrt_precision"):
+        config_from_manifest(m, tensorrt_precision="INT4")
 
 
 def test_round_trip_without_batching_and_several_groups():
