@@ -15,15 +15,48 @@ KEY = "k" * 24
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(BUNDLED, root / "scenes")
-    with gateway_thread(
-        create_app(
-            Settings(repo=root, api_keys=[KEY, "second-key-0123456789"], reload_interval_s=0)
-        )
-    ) as u:
-        yield u
+    settings = Settings(
+        repo=root, api_keys=[KEY, "second-key-0123456789"], reload_interval_s=0, grpc_port=0
+    )
+    app = create_app(settings)
+    with gateway_thread(app) as u:
+        yield u, app.state.grpc_port
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    return served[0]
+
+
+def test_v2_http_and_grpc_need_a_valid_key(served):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    url, grpc_port = served
+    assert httpx.get(f"{url}/v2/models/scenes").status_code == 401
+    assert httpx.get(f"{url}/v2/models/scenes", headers={"x-api-key": KEY}).status_code == 200
+    r = httpx.post(f"{url}/v2/models/scenes/infer", json={"inputs": []})
+    assert r.status_code == 401 and "API key" in r.json()["error"]
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        x = grpcclient.InferInput("image", [1, 3, 128, 128], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 3, 128, 128), np.float32))
+        with pytest.raises(InferenceServerException, match="API key") as e:
+            client.infer("scenes", [x])
+        assert "UNAUTHENTICATED" in str(e.value.status())
+        with pytest.raises(InferenceServerException, match="API key"):
+            client.get_model_metadata("scenes")
+        r = client.infer("scenes", [x], headers={"x-api-key": KEY})
+        assert r.as_numpy("shapes").shape == (1, 4)
+        bearer = {"authorization": "Bearer second-key-0123456789"}
+        assert client.get_model_metadata("scenes", headers=bearer).name == "scenes"
+    finally:
+        client.close()
 
 
 def test_v1_needs_a_valid_key(url):
