@@ -4,7 +4,7 @@ The wheel ships ``tritonserver`` (2.51) with the Python backend only, and pins n
 lives in its own environment (``.venv-triton``, made by ``make install-triton-test``). The
 model repository it serves is generated from a polyhead model version's manifest: the same
 inputs, outputs and batching as the production ``config.pbtxt``, but ``backend: "python"`` with
-``tests/triton/model.py`` running the same ``model.onnx`` with ONNX Runtime.
+``tests/triton_python_model/model.py`` running the same ``model.onnx`` with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from serving.manifest.triton_config import config_from_manifest, to_pbtxt
 from tests.gateway import ROOT, free_port
 
 TRITON_VENV = Path(os.environ.get("POLYHEAD_TEST_TRITON_VENV", ROOT / ".venv-triton"))
-MODEL_PY = ROOT / "tests" / "triton" / "model.py"
+MODEL_PY = ROOT / "tests" / "triton_python_model" / "model.py"
 
 
 def _venv_facts() -> tuple[Path, Path, str]:

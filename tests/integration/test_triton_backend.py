@@ -1,7 +1,7 @@
 """The gateway's Triton backend against a REAL tritonserver (from the nvidia-pytriton wheel).
 
 Triton serves the bundled model through a Python-backend model that runs the same model.onnx
-with ONNX Runtime (tests/triton/model.py); the gateway keeps pre/post-processing and APIs.
+with ONNX Runtime (tests/triton_python_model/model.py); the gateway keeps pre/post-processing and APIs.
 """
 
 from __future__ import annotations
