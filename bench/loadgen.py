@@ -14,37 +14,46 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
+
+Call = Callable[[], Awaitable[bool]]
+
+
+async def drive(call: Call, concurrency: int, seconds: float, warmup: float) -> dict:
+    """``concurrency`` workers repeat ``call`` (True = success) for ``warmup`` + ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while (t0 := time.perf_counter()) < stop_at:
+            ok = await call()
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                if ok:
+                    latencies.append(t1 - t0)
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, errors, concurrency, seconds)
 
 
 async def run_http(
     url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float, warmup: float
 ) -> dict:
-    latencies: list[float] = []
-    errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop_at = measure_from + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= stop_at:
-                    return
-                r = await client.post(url, content=body, headers=headers)
-                t1 = time.perf_counter()
-                if t0 >= measure_from:
-                    if r.status_code == 200:
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
+        async def call() -> bool:
+            r = await client.post(url, content=body, headers=headers)
+            return r.status_code == 200
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summary(latencies, errors, concurrency, seconds)
+        return await drive(call, concurrency, seconds, warmup)
 
 
 async def run_grpc(
@@ -59,35 +68,18 @@ async def run_grpc(
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="image", datatype="FP32", shape=shape)
     request.raw_input_contents.append(x.tobytes())
-    latencies: list[float] = []
-    errors = 0
     options = [("grpc.max_receive_message_length", 1 << 30)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop_at = measure_from + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= stop_at:
-                    return
-                try:
-                    await stub.ModelInfer(request, timeout=60)
-                    ok = True
-                except grpc.aio.AioRpcError:
-                    ok = False
-                t1 = time.perf_counter()
-                if t0 >= measure_from:
-                    if ok:
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
+        async def call() -> bool:
+            try:
+                await stub.ModelInfer(request, timeout=60)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summary(latencies, errors, concurrency, seconds)
+        return await drive(call, concurrency, seconds, warmup)
 
 
 def summary(latencies: list[float], errors: int, concurrency: int, seconds: float) -> dict:

@@ -675,3 +675,33 @@ def test_malformed_grpc_requests(server, request_, code, message):
         t.contents.fp32_contents.extend([0.0] * 49152)
         out = stub.ModelInfer(req, timeout=30)
         assert [o.name for o in out.outputs] == RAW
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(name + '{model="scenes"}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_one_forward_pass_per_request_through_the_batcher(server, protocol):
+    """A v2 request of 3 rows is one batch of 3 in the batcher's metrics, as /v1 would be."""
+    http, target = server
+    before = httpx.get(f"http://{http}/metrics").text
+    x = _x(3, seed=11)
+    module = httpclient if protocol == "http" else grpcclient
+    c = module.InferenceServerClient(http if protocol == "http" else target)
+    try:
+        i = module.InferInput("image", list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        c.infer("scenes", [i], outputs=[module.InferRequestedOutput("semseg.classes")])
+    finally:
+        c.close()
+    after = httpx.get(f"http://{http}/metrics").text
+    assert (
+        _metric(after, "polyhead_batch_size_count") - _metric(before, "polyhead_batch_size_count")
+        == 1
+    )
+    assert (
+        _metric(after, "polyhead_batch_size_sum") - _metric(before, "polyhead_batch_size_sum") == 3
+    )
+    assert _metric(after, "polyhead_images_total") - _metric(before, "polyhead_images_total") == 3
