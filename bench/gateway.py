@@ -116,8 +116,9 @@ def load(args: list[str], seconds: float) -> list[dict]:
             ],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed at concurrency {c}:\n{out.stderr}")
         results.append(json.loads(out.stdout))
     return results
 
@@ -250,7 +251,8 @@ def report(name: str, raw: dict, gw: list[dict], label: str) -> None:
     for r in gw:
         print(
             f"{r['concurrency']:>11}  {r['throughput']:6.1f}  {r['p50_ms']:6.1f}  "
-            f"{r['p90_ms']:6.1f}  {r['p99_ms']:6.1f}  {r['errors']}"
+            f"{r['p90_ms']:6.1f}  {r['p99_ms']:6.1f}  {r['errors']} "
+            f"{r.get('transport_errors') or ''}"
         )
     print(
         f"throughput / raw at saturation: {sat['throughput'] / raw['throughput']:.2f}x "

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 Call = Callable[[], Awaitable[bool]]
+kinds: dict[str, int] = {}  # transport errors by exception type, reported in the summary
 
 
 async def drive(call: Call, concurrency: int, seconds: float, warmup: float) -> dict:
@@ -50,7 +51,11 @@ async def run_http(
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
         async def call() -> bool:
-            r = await client.post(url, content=body, headers=headers)
+            try:
+                r = await client.post(url, content=body, headers=headers)
+            except httpx.HTTPError as e:  # refused or timed out: an error, not a crash
+                kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
+                return False
             return r.status_code == 200
 
         return await drive(call, concurrency, seconds, warmup)
@@ -99,6 +104,7 @@ def summary(latencies: list[float], errors: int, concurrency: int, seconds: floa
         "p50_ms": q[49] * 1000,
         "p90_ms": q[89] * 1000,
         "p99_ms": q[98] * 1000,
+        "transport_errors": dict(kinds),
     }
 
 
