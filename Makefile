@@ -20,7 +20,7 @@ install-serve: $(BIN)/python
 # torch first, pinned: this version is a CPU wheel on the machine; anything else pulls CUDA.
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[serve,train,triton,dev]'
+	$(BIN)/pip install -q -e '.[serve,train,triton,ray,dev]'
 
 # A real Triton server for the tests: the nvidia-pytriton wheel ships tritonserver (Python
 # backend only) and pins numpy<2, so it gets an environment of its own (see tests/tritonserver.py).

@@ -1,3 +1,3 @@
-from polyhead.cli import app
+from polyhead.cli import run
 
-app(prog_name="polyhead")
+run()

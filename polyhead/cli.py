@@ -130,6 +130,151 @@ def export(
 
 
 @app.command()
+@_user_errors
+def score(
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            help="A folder (recursive), a glob, or a list file: .txt (a path per line), "
+            ".jsonl or .parquet (a 'path' and an optional 'id').",
+        ),
+    ],
+    output: Annotated[Path, typer.Option(help="Output folder of Parquet shards.")],
+    repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
+    model: Annotated[str, typer.Option(help="Model name in the repository.")] = "scenes",
+    version: Annotated[
+        int | None, typer.Option(help="Model version [default: the newest].")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated tasks to keep [default: all].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    workers: Annotated[
+        int,
+        typer.Option(min=0, help="Reading/decoding threads, or Ray actors (0: one per core)."),
+    ] = 0,
+    encoding: Annotated[
+        str, typer.Option(help="Dense maps: png, float16 (raw bytes) or json (values).")
+    ] = "float16",
+    resolution: Annotated[
+        str, typer.Option(help="Dense maps at the image's size (original) or the model's.")
+    ] = "original",
+    top_k: Annotated[int, typer.Option(min=1, help="Labels kept for classification.")] = 5,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Rows per Parquet shard (the unit of resumption).")
+    ] = 500,
+    extensions: Annotated[
+        str | None,
+        typer.Option(help="File endings a folder scan takes, comma-separated, or '*' for all."),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Triton's host:port, with --backend triton.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")
+    ] = None,
+    providers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated ONNX Runtime providers, in preference order."),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Ray Data: --ray alone starts a local Ray; --ray ADDRESS joins a cluster.",
+        ),
+    ] = None,
+    gpus_per_actor: Annotated[
+        float | None, typer.Option(help="GPUs per Ray actor [default: 1 if the cluster has any].")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard a previous run in --output instead of resuming it.")
+    ] = False,
+    env_file: Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")] = None,
+) -> None:
+    """Score images into Parquet: every task's predictions per image, resumable, exactly once.
+
+    Re-running the same command after a crash resumes it; a finished run says so and exits.
+    """
+    import json
+    import sys
+
+    from pydantic import ValidationError
+
+    from serving.scoring import IMAGE_EXTENSIONS, ScoreJob, ScoreOptions
+    from serving.scoring import score as run_score
+    from serving.service import parse_options
+    from serving.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    for key, value in {
+        "backend": backend,
+        "triton_url": triton_url,
+        "intra_op_threads": threads,
+        "providers": providers.split(",") if providers else None,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = load_settings(env_file, **overrides)
+    except ValidationError as e:
+        from serving.manifest import render_errors
+
+        typer.echo(render_errors(e, "error: invalid settings"), err=True)
+        raise typer.Exit(2) from e
+    decode = parse_options(encoding, resolution, top_k)
+    if extensions is None:
+        exts: tuple[str, ...] | None = IMAGE_EXTENSIONS
+    elif extensions.strip() == "*":
+        exts = None
+    else:
+        exts = tuple(
+            e if e.startswith(".") else f".{e}" for e in extensions.split(",") if e.strip()
+        )
+    job = ScoreJob(
+        repo=repo,
+        model=model,
+        source=input_,
+        output=output,
+        version=version,
+        options=ScoreOptions(
+            tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
+            encoding=decode.encoding,
+            resolution=decode.resolution,
+            top_k=decode.top_k,
+            max_image_pixels=settings.max_image_pixels,
+            min_image_side=settings.min_image_side,
+        ),
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        extensions=exts,
+        settings=settings.model_dump(
+            include={
+                "backend",
+                "model_backends",
+                "triton_url",
+                "triton_protocol",
+                "triton_timeout_s",
+                "providers",
+                "intra_op_threads",
+            }
+        ),
+        ray=ray,
+        gpus_per_actor=gpus_per_actor,
+        overwrite=overwrite,
+    )
+    summary = run_score(job)
+    typer.echo(
+        f"{summary['rows']} rows ({summary['errors']} with errors) in {output}: "
+        f"{summary['model']} v{summary['version']}, {summary['images_per_second_this_run']} img/s",
+        err=True,
+    )
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command()
 def serve(
     repo: Annotated[
         Path | None, typer.Option(help="Model repository root [default: model_repo].")
@@ -139,9 +284,7 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="Also serve KServe v2 gRPC on this port (off by default).")
     ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="onnxruntime (default) or triton.")
-    ] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")] = None,
     triton_url: Annotated[
         str | None, typer.Option(help="Triton's host:port, with --backend triton.")
     ] = None,
@@ -202,3 +345,22 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` with no value means ``--ray local``.
+
+    Typer has no options with an optional value, so a bare ``--ray`` (last, or followed by
+    another option) gets its default value here, before parsing.
+    """
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
+def run() -> None:
+    """The ``polyhead`` entry point."""
+    app(args=with_optional_values(sys.argv[1:]), prog_name="polyhead")

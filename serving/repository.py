@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from serving.backends.base import Backend
+from serving.backends.factory import BackendFactory
 from serving.batching import MicroBatcher, PassThrough
 from serving.errors import BackendUnavailable, ModelLoadError, NotFound
 from serving.manifest import Manifest, ManifestError
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-BackendFactory = Callable[[Path, Manifest], Backend]
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,59 @@ def check_against_graph(manifest: Manifest, backend: Backend) -> None:
             g is not None and g != w for g, w in zip(got, want, strict=True)
         ):
             raise ModelLoadError(f"output {t.output!r}: graph shape {got} but manifest says {want}")
+
+
+async def open_version(
+    path: Path,
+    backend_factory: BackendFactory,
+    warm_up_batch: int = 1,
+    name: str | None = None,
+    version: int | None = None,
+) -> tuple[Manifest, Backend]:
+    """Load one version directory: its manifest, a backend, checked against the graph, warm.
+
+    ``name`` and ``version``, when given, must match the manifest (the directory's names).
+    Raises ModelLoadError for a broken version and BackendUnavailable for a backend that
+    cannot be reached yet.
+    """
+    try:
+        manifest = Manifest.load(path / MANIFEST_FILE)
+    except ManifestError as e:
+        raise ModelLoadError(str(e)) from e
+    if (name is not None and manifest.name != name) or (
+        version is not None and manifest.version != version
+    ):
+        raise ModelLoadError(
+            f"{path}: manifest says {manifest.name}/{manifest.version}, "
+            f"directory says {name}/{version}"
+        )
+    if not (path / MODEL_FILE).is_file():
+        raise ModelLoadError(f"{path}: {MODEL_FILE} is missing")
+    backend = await asyncio.to_thread(backend_factory, path / MODEL_FILE, manifest)
+    try:
+        check_against_graph(manifest, backend)
+        await warm_up(manifest, backend, warm_up_batch)
+    except (ModelLoadError, BackendUnavailable):
+        await backend.close()
+        raise
+    except Exception as e:
+        await backend.close()
+        raise ModelLoadError(f"{path}: warm-up failed: {e}") from e
+    return manifest, backend
+
+
+async def warm_up(manifest: Manifest, backend: Backend, max_batch: int) -> None:
+    """Run zero images at batch 1 and at the largest batch; check every output's shape."""
+    inp = manifest.input
+    for n in sorted({1, min(max_batch, manifest.max_batch_size)}):
+        x = np.zeros((n, inp.channels, inp.height, inp.width), np.float32)
+        out = await backend.infer({inp.name: x}, manifest.output_names)
+        for t in manifest.tasks:
+            want = (n, *manifest.output_shape(t.name))
+            if tuple(out[t.output].shape) != want:
+                raise ModelLoadError(
+                    f"warm-up: output {t.output!r} has shape {out[t.output].shape}, expected {want}"
+                )
 
 
 def _signature(path: Path) -> tuple[float, ...]:
@@ -249,27 +301,13 @@ class ModelRepository:
         log.info("serving %s version %d on %s", name, version, mv.backend.device)
 
     async def _load(self, name: str, version: int, path: Path) -> ModelVersion:
-        try:
-            manifest = Manifest.load(path / MANIFEST_FILE)
-        except ManifestError as e:
-            raise ModelLoadError(str(e)) from e
-        if manifest.name != name or manifest.version != version:
-            raise ModelLoadError(
-                f"{path}: manifest says {manifest.name}/{manifest.version}, "
-                f"directory says {name}/{version}"
-            )
-        if not (path / MODEL_FILE).is_file():
-            raise ModelLoadError(f"{path}: {MODEL_FILE} is missing")
-        backend = await asyncio.to_thread(self.backend_factory, path / MODEL_FILE, manifest)
-        try:
-            check_against_graph(manifest, backend)
-            await self._warm_up(manifest, backend)
-        except (ModelLoadError, BackendUnavailable):
-            await backend.close()
-            raise
-        except Exception as e:
-            await backend.close()
-            raise ModelLoadError(f"{path}: warm-up failed: {e}") from e
+        manifest, backend = await open_version(
+            path,
+            self.backend_factory,
+            warm_up_batch=self.batching.max_batch_size,
+            name=name,
+            version=version,
+        )
         b = self.batching
         batcher: MicroBatcher | PassThrough
         if getattr(backend, "batches_itself", False):
@@ -289,19 +327,6 @@ class ModelRepository:
                 observer=self.metrics.observer(name),
             )
         return ModelVersion(name, version, path, manifest, backend, batcher)
-
-    async def _warm_up(self, manifest: Manifest, backend: Backend) -> None:
-        inp = manifest.input
-        for n in sorted({1, min(self.batching.max_batch_size, manifest.max_batch_size)}):
-            x = np.zeros((n, inp.channels, inp.height, inp.width), np.float32)
-            out = await backend.infer({inp.name: x}, manifest.output_names)
-            for t in manifest.tasks:
-                want = (n, *manifest.output_shape(t.name))
-                if tuple(out[t.output].shape) != want:
-                    raise ModelLoadError(
-                        f"warm-up: output {t.output!r} has shape {out[t.output].shape}, "
-                        f"expected {want}"
-                    )
 
     def _retire(self, mv: ModelVersion) -> None:
         """Close a version that no longer serves, after requests that hold it have finished."""

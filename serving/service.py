@@ -15,7 +15,7 @@ import numpy as np
 
 from serving.codecs import ENCODINGS
 from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, PolyheadError
-from serving.manifest import Manifest, TaskSpec
+from serving.manifest import InputSpec, Manifest, TaskSpec
 from serving.metrics import Metrics
 from serving.postprocess import DecodeOptions, decode
 from serving.preprocess import Geometry, preprocess
@@ -58,6 +58,35 @@ def parse_options(encoding: str | None, resolution: str | None, top_k: int | Non
     return DecodeOptions(encoding=enc, resolution=res, top_k=k)
 
 
+def prepare_image(data: bytes, spec: InputSpec, limits: ImageLimits) -> tuple[np.ndarray, Geometry]:
+    """Encoded image -> (3×H×W model input, geometry), refusing images the limits forbid."""
+    x, g = preprocess(data, spec, limits.max_pixels)
+    h, w = g.original
+    if min(h, w) < limits.min_side:
+        raise InvalidImage(f"image is {w}x{h}; each side must be at least {limits.min_side} pixels")
+    return x, g
+
+
+def decode_predictions(
+    outputs: dict[str, np.ndarray],
+    tasks: Sequence[TaskSpec],
+    geometries: Sequence[Geometry],
+    options: DecodeOptions,
+) -> list[dict[str, Any]]:
+    """Each image's decoded predictions, as ``/v1`` returns them: width, height and tasks.
+
+    ``outputs`` holds every task's raw output for the batch, by task name, row i for image i.
+    """
+    return [
+        {
+            "width": g.original[1],
+            "height": g.original[0],
+            "tasks": {t.name: decode(outputs[t.name][i], t, g, options) for t in tasks},
+        }
+        for i, g in enumerate(geometries)
+    ]
+
+
 class PredictionService:
     """Predict every (or the requested) task for a list of encoded images in one forward pass."""
 
@@ -86,13 +115,7 @@ class PredictionService:
         self._cpu.shutdown(wait=False)
 
     def _prepare(self, data: bytes, mv: ModelVersion) -> tuple[np.ndarray, Geometry]:
-        x, g = preprocess(data, mv.manifest.input, self.limits.max_pixels)
-        h, w = g.original
-        if min(h, w) < self.limits.min_side:
-            raise InvalidImage(
-                f"image is {w}x{h}; each side must be at least {self.limits.min_side} pixels"
-            )
-        return x, g
+        return prepare_image(data, mv.manifest.input, self.limits)
 
     async def prepare(
         self, images: Sequence[bytes], mv: ModelVersion
@@ -140,19 +163,10 @@ class PredictionService:
         outputs = await mv.infer(batch)  # the one forward pass
         self.metrics.images.labels(model).inc(len(images))
 
-        def decode_all() -> list[dict[str, Any]]:
-            return [
-                {t.name: decode(outputs[t.name][i], t, g, options) for t in selected}
-                for i, g in enumerate(geometries)
-            ]
-
-        predictions = await self._on_cpu(decode_all)
+        predictions = await self._on_cpu(decode_predictions, outputs, selected, geometries, options)
         return {
             "model": mv.name,
             "version": mv.version,
             "tasks": [t.name for t in selected],
-            "predictions": [
-                {"width": g.original[1], "height": g.original[0], "tasks": p}
-                for g, p in zip(geometries, predictions, strict=True)
-            ],
+            "predictions": predictions,
         }

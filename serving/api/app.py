@@ -5,48 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from serving.api import health, page, v1, v2
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimit, RequestMetrics
-from serving.backends.base import Backend
-from serving.manifest import Manifest
+from serving.backends.factory import BackendFactory, backend_factory_for
 from serving.metrics import Metrics
 from serving.oip import InferenceProtocol
-from serving.repository import BackendFactory, BatchingConfig, ModelRepository
+from serving.repository import BatchingConfig, ModelRepository
 from serving.service import ImageLimits, PredictionService
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def onnxruntime_factory(settings: Settings) -> BackendFactory:
-    """Open model files with ONNX Runtime as the settings say."""
-
-    def make(path: Path, manifest: Manifest) -> Backend:
-        from serving.backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(path, settings.providers, settings.intra_op_threads)
-
-    return make
-
-
-def backend_factory_for(settings: Settings) -> BackendFactory:
-    """ONNX Runtime in process, or a Triton server, per model as the settings say."""
-    local = onnxruntime_factory(settings)
-
-    def make(path: Path, manifest: Manifest) -> Backend:
-        kind = settings.model_backends.get(manifest.name, settings.backend)
-        if kind == "triton":
-            from serving.backends.triton import TritonBackend
-
-            return TritonBackend.connect(manifest, settings)
-        return local(path, manifest)
-
-    return make
 
 
 def create_app(

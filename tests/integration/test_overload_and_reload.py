@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serving.api.app import create_app, onnxruntime_factory
+from serving.api.app import create_app
+from serving.backends.factory import onnxruntime_factory
 from serving.settings import Settings
 from tests.gateway import gateway_process, gateway_thread
 from tests.integration.test_gateway import BUNDLED, scene_png
