@@ -23,6 +23,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _data(data: bytes, binary: bool) -> str | bytes:
+    """Base64 text for JSON responses, or the bytes themselves (batch scoring stores bytes)."""
+    return data if binary else _b64(data)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG of a uint8 (H,W) / (H,W,3) or uint16 (H,W) array."""
     img = Image.fromarray(np.ascontiguousarray(array))
@@ -31,19 +36,19 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_png(array: np.ndarray, **extra: Any) -> dict[str, Any]:
-    """An integer image as base64 PNG (uint8 gray/RGB or uint16 gray)."""
+def encode_png(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[str, Any]:
+    """An integer image as PNG (uint8 gray/RGB or uint16 gray), base64 unless ``binary``."""
     return {
         "encoding": "png",
         "dtype": str(array.dtype),
         "shape": list(array.shape),
-        "data": _b64(png_bytes(array)),
+        "data": _data(png_bytes(array), binary),
         **extra,
     }
 
 
-def encode_raw(array: np.ndarray, **extra: Any) -> dict[str, Any]:
-    """Little-endian bytes, base64: float arrays as float16, integer arrays as they are."""
+def encode_raw(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[str, Any]:
+    """Little-endian bytes (base64 unless ``binary``): floats as float16, integers as they are."""
     if np.issubdtype(array.dtype, np.floating):
         array, encoding = array.astype("<f2"), "float16"
     else:
@@ -52,7 +57,7 @@ def encode_raw(array: np.ndarray, **extra: Any) -> dict[str, Any]:
         "encoding": encoding,
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": _b64(np.ascontiguousarray(array).tobytes()),
+        "data": _data(np.ascontiguousarray(array).tobytes(), binary),
         **extra,
     }
 

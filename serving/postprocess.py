@@ -29,6 +29,8 @@ class DecodeOptions:
     encoding: str = "float16"  # float16 | png | json
     resolution: str = "original"  # original | model
     top_k: int = 5
+    # maps' data as bytes instead of base64 text (batch scoring writes bytes to Parquet)
+    binary: bool = False
 
 
 Decoder = Callable[[np.ndarray, TaskSpec, Geometry, DecodeOptions], Decoded]
@@ -113,8 +115,8 @@ def _encode_map(array: np.ndarray, options: DecodeOptions, **extra: Any) -> dict
     if options.encoding == "json":
         return encode_json(array, **extra)
     if options.encoding == "float16":
-        return encode_raw(array, **extra)
-    return encode_png(array, **extra)
+        return encode_raw(array, binary=options.binary, **extra)
+    return encode_png(array, binary=options.binary, **extra)
 
 
 # ---- decoders ------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def _depth(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) ->
         # 16-bit PNG over [min, max]: depth = min + value / 65535 * (max - min)
         span = hi - lo if hi > lo else 1.0
         q = np.round((depth - lo) / span * 65535).astype(np.uint16)
-        encoded = encode_png(q, value_min=lo, value_max=lo + span)
+        encoded = encode_png(q, o.binary, value_min=lo, value_max=lo + span)
     else:
         encoded = _encode_map(depth, o)
     return {**stats, "map": encoded}
@@ -202,7 +204,7 @@ def _normals(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeOptions) 
     hwc = normal_map(output, g, o)
     if o.encoding == "png":
         # RGB = (n + 1) * 127.5
-        encoded = encode_png(np.round((hwc + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+        encoded = encode_png(np.round((hwc + 1.0) * 127.5).clip(0, 255).astype(np.uint8), o.binary)
     else:
         encoded = _encode_map(hwc, o)
     return {"map": encoded}
@@ -213,7 +215,7 @@ def _probability_map(output: np.ndarray, task: TaskSpec, g: Geometry, o: DecodeO
     threshold = _threshold(task)
     fraction = float((prob > threshold).mean())
     if o.encoding == "png":
-        encoded = encode_png(np.round(prob * 255).astype(np.uint8), scale=1 / 255)
+        encoded = encode_png(np.round(prob * 255).astype(np.uint8), o.binary, scale=1 / 255)
     else:
         encoded = _encode_map(prob, o)
     return {"threshold": threshold, "fraction_above_threshold": fraction, "probability": encoded}

@@ -81,7 +81,7 @@ def _map_columns(task: str, field: str, encoding: str, integer: bool) -> list[Co
         f"{task}.{field}",
         pa.binary(),
         (field, "data"),
-        to_cell=base64.b64decode,
+        to_cell=lambda v: v if isinstance(v, bytes) else base64.b64decode(v),
     )
     return [data, shape]
 

@@ -56,7 +56,9 @@ class ScoreOptions:
     @property
     def decode(self) -> DecodeOptions:
         """The decode options of the API."""
-        return DecodeOptions(encoding=self.encoding, resolution=self.resolution, top_k=self.top_k)
+        return DecodeOptions(
+            encoding=self.encoding, resolution=self.resolution, top_k=self.top_k, binary=True
+        )
 
 
 @dataclass

@@ -41,10 +41,12 @@ def test_every_task_kind_has_a_layout():
     assert {t.kind for t in TASKS} == set(TASK_KINDS)
 
 
+@pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("encoding", ["float16", "png", "json"])
-def test_rows_written_to_parquet_give_back_the_v1_predictions(tmp_path, encoding):
+def test_rows_written_to_parquet_give_back_the_v1_predictions(tmp_path, encoding, binary):
+    """Rows from the scoring decode (maps as bytes) read back as the /v1 JSON (base64)."""
     m = manifest()
-    options = DecodeOptions(encoding=encoding, top_k=2)
+    options = DecodeOptions(encoding=encoding, top_k=2, binary=binary)
     layout = RowLayout(m, TASKS, options)
     rng = np.random.default_rng(0)
     outputs = {
@@ -53,6 +55,9 @@ def test_rows_written_to_parquet_give_back_the_v1_predictions(tmp_path, encoding
     outputs["dep"] = np.abs(outputs["dep"]) + 1
     geometries = [Geometry((16, 16), (16, 16), (0, 0)), Geometry((30, 20), (16, 16), (0, 0))]
     predictions = decode_predictions(outputs, TASKS, geometries, options)
+    as_v1 = decode_predictions(
+        outputs, TASKS, geometries, DecodeOptions(encoding=encoding, top_k=2)
+    )
 
     rows = []
     for i, p in enumerate(predictions):
@@ -77,7 +82,7 @@ def test_rows_written_to_parquet_give_back_the_v1_predictions(tmp_path, encoding
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.schema.field("cls.label").type == pa.string()
     assert table.schema.field("mul.scores").type.num_fields == 2
-    for row, want in zip(table.to_pylist(), predictions, strict=True):
+    for row, want in zip(table.to_pylist(), as_v1, strict=True):
         assert prediction_from_row(row, table.schema) == want
 
 
