@@ -9,12 +9,15 @@ Ray is an optional extra (``pip install 'polyhead[ray]'``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from serving.errors import BadRequest
+from serving.errors import BackendUnavailable, BadRequest
 from serving.scoring.output import OutputDir, Shard
 from serving.scoring.predictor import ModelRef, Predictor, ScoreOptions
 from serving.scoring.progress import Progress
@@ -23,17 +26,58 @@ from serving.scoring.sources import InputList
 log = logging.getLogger("polyhead.score")
 
 
-def _connect(address: str) -> Any:
+#: The environment of a local Ray that polyhead starts for itself, a private engine of this
+#: machine: every Ray process on loopback (Ray otherwise swaps 127.0.0.1 for the machine's
+#: network address, unless told this is a single-machine cluster, a setting it reads at import),
+#: no usage reporting, and no HTTP beyond this machine (at start Ray's dashboard probes cloud
+#: metadata endpoints to guess the cloud it runs on). Ray's processes inherit this at start;
+#: the driver's own environment is restored right after.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "no_proxy": "127.0.0.1,localhost,::1",
+}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
-        import ray
-    except ImportError as e:
-        raise BadRequest("--ray needs Ray: pip install 'polyhead[ray]'") from e
-    if not ray.is_initialized():
-        if address == "local":
-            # a local Ray of this machine's cores; no dashboard (nothing to serve it to)
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _connect(address: str) -> Any:
+    with _environment(LOCAL_RAY_ENV) if address == "local" else contextlib.nullcontext():
+        try:
+            import ray
+        except ImportError as e:
+            raise BadRequest("--ray needs Ray: pip install 'polyhead[ray]'") from e
+        if ray.is_initialized():
+            return ray
+        try:
+            if address == "local":
+                ray.init(
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, TimeoutError, ValueError) as e:
+            raise BackendUnavailable(f"cannot connect to Ray at {address}: {e}") from e
     return ray
 
 
