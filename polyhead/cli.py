@@ -55,6 +55,21 @@ def main(
     )
 
 
+def _settings(env_file: Path | None, **options: Any) -> Any:
+    """Server settings: the options given on the command line over POLYHEAD_* and defaults."""
+    from pydantic import ValidationError
+
+    from serving.settings import load_settings
+
+    try:
+        return load_settings(env_file, **{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:
+        from serving.manifest import render_errors
+
+        typer.echo(render_errors(e, "error: invalid settings"), err=True)
+        raise typer.Exit(2) from e
+
+
 @data_app.command("synth")
 @_user_errors
 def data_synth(
@@ -200,29 +215,17 @@ def score(
     import json
     import sys
 
-    from pydantic import ValidationError
-
     from serving.scoring import IMAGE_EXTENSIONS, ScoreJob, ScoreOptions
     from serving.scoring import score as run_score
     from serving.service import parse_options
-    from serving.settings import load_settings
 
-    overrides: dict[str, Any] = {}
-    for key, value in {
-        "backend": backend,
-        "triton_url": triton_url,
-        "intra_op_threads": threads,
-        "providers": providers.split(",") if providers else None,
-    }.items():
-        if value is not None:
-            overrides[key] = value
-    try:
-        settings = load_settings(env_file, **overrides)
-    except ValidationError as e:
-        from serving.manifest import render_errors
-
-        typer.echo(render_errors(e, "error: invalid settings"), err=True)
-        raise typer.Exit(2) from e
+    settings = _settings(
+        env_file,
+        backend=backend,
+        triton_url=triton_url,
+        intra_op_threads=threads,
+        providers=providers.split(",") if providers else None,
+    )
     decode = parse_options(encoding, resolution, top_k)
     if extensions is None:
         exts: tuple[str, ...] | None = IMAGE_EXTENSIONS
@@ -307,34 +310,23 @@ def serve(
     Options left out come from POLYHEAD_* environment variables (or --env-file), then defaults.
     """
     import uvicorn
-    from pydantic import ValidationError
 
     from serving.api.app import create_app
-    from serving.settings import load_settings
 
-    overrides: dict[str, Any] = {}
-    for key, value in {
-        "repo": repo,
-        "host": host,
-        "port": port,
-        "grpc_port": grpc_port,
-        "backend": backend,
-        "triton_url": triton_url,
-        "max_batch_size": max_batch_size,
-        "max_queue_delay_ms": max_queue_delay_ms,
-        "max_queue_size": max_queue_size,
-        "intra_op_threads": threads,
-        "providers": providers.split(",") if providers else None,
-    }.items():
-        if value is not None:
-            overrides[key] = value
-    try:
-        settings = load_settings(env_file, **overrides)
-    except ValidationError as e:
-        from serving.manifest import render_errors
-
-        typer.echo(render_errors(e, "error: invalid settings"), err=True)
-        raise typer.Exit(2) from e
+    settings = _settings(
+        env_file,
+        repo=repo,
+        host=host,
+        port=port,
+        grpc_port=grpc_port,
+        backend=backend,
+        triton_url=triton_url,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=max_queue_delay_ms,
+        max_queue_size=max_queue_size,
+        intra_op_threads=threads,
+        providers=providers.split(",") if providers else None,
+    )
     if not settings.repo.is_dir():
         typer.echo(f"error: model repository not found: {settings.repo}", err=True)
         raise typer.Exit(2)

@@ -61,7 +61,7 @@ class Progress:
         self.errors += errors
         now = time.monotonic()
         if self.tty and now - self._last_draw >= 0.2:
-            self.stream.write("\r" + self.line())
+            self.stream.write("\r" + self.line() + "\x1b[K")
             self.stream.flush()
             self._last_draw = now
         elif not self.tty and now - self._last_draw >= self.log_every_s:
@@ -71,7 +71,7 @@ class Progress:
     def close(self) -> None:
         """Finish the live line (the summary follows on its own line)."""
         if self.tty:
-            self.stream.write("\r" + self.line() + "\n")
+            self.stream.write("\r" + self.line() + "\x1b[K\n")
             self.stream.flush()
         else:
             log.info(self.line())
