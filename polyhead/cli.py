@@ -103,6 +103,20 @@ def train(
     run_train(config, out, resume, set_ or [])
 
 
+@app.command("list")
+@_user_errors
+def list_(
+    what: Annotated[str, typer.Argument(help="weightings, architectures, backbones or tasks.")],
+) -> None:
+    """List what is registered: weighting strategies, architectures, backbones, task kinds."""
+    from training.cli import list_registry
+
+    rows = list_registry(what)
+    width = max(len(n) for n, _ in rows)
+    for name, doc in rows:
+        typer.echo(f"{name:<{width}}  {doc}")
+
+
 @app.command()
 @_user_errors
 def evaluate(

@@ -169,3 +169,25 @@ def export(run: Path, repo: Path, name: str, data: Path | None, split: str | Non
     )
     typer.echo(format_table(result.manifest.metrics))
     typer.echo(f"published {result.path} (version {result.version})")
+
+
+def list_registry(what: str) -> list[tuple[str, str]]:
+    """(name, one-line description) of every registered weighting, architecture, ..."""
+    from training.models import ARCHITECTURES, BACKBONES
+    from training.tasks import TASK_KINDS
+    from training.weighting import WEIGHTINGS
+
+    registries: dict[str, Any] = {
+        "weightings": WEIGHTINGS,
+        "architectures": ARCHITECTURES,
+        "backbones": BACKBONES,
+        "tasks": TASK_KINDS,
+    }
+    if what not in registries:
+        raise ConfigError(f"cannot list {what!r}; choose one of {', '.join(registries)}")
+    registry = registries[what]
+    rows = []
+    for name in registry.names():
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        rows.append((name, doc[0] if doc else ""))
+    return rows

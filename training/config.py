@@ -130,6 +130,8 @@ class RunConfig(_Section):
     limit_train_batches: int | None = Field(None, ge=1)  # for smoke runs
     eval_batch_size: int = Field(32, ge=1)
     progress: bool = True
+    # metrics.jsonl gets each task's loss and weight every this many optimizer steps
+    log_every_steps: int = Field(1, ge=1)
 
 
 class ExportConfig(_Section):

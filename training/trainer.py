@@ -285,7 +285,7 @@ class Trainer:
             p.global_step += 1
             bar.update(1)
             bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
-            if p.global_step % 10 == 0:
+            if p.global_step % cfg.run.log_every_steps == 0:
                 _append_jsonl(
                     log_path,
                     {
@@ -314,6 +314,7 @@ class Trainer:
         ctx = BackwardContext(
             shared_parameters=self.model.shared_parameters(),
             shared_features=list(out.shared),
+            task_parameters=self.model.task_parameters(),
             step=self.progress.global_step,
             epoch=self.progress.epoch,
             scale=self.scaler.scale,

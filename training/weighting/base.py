@@ -35,6 +35,8 @@ class BackwardContext:
     Attributes:
         shared_parameters: parameters shared by every task (backbone, neck).
         shared_features: the shared representation(s) the heads read, still in the graph.
+        task_parameters: parameters of one task each (heads); gradient-based methods give them
+            their own task's gradient (when empty, every non-shared leaf gets the summed loss).
         step: optimizer steps taken so far.
         epoch: current epoch (0-based).
         scale: multiplies a loss before ``backward`` (the AMP grad scaler; identity without AMP).
@@ -42,6 +44,7 @@ class BackwardContext:
 
     shared_parameters: list[nn.Parameter]
     shared_features: list[torch.Tensor] = field(default_factory=list)
+    task_parameters: list[nn.Parameter] = field(default_factory=list)
     step: int = 0
     epoch: int = 0
     scale: Callable[[torch.Tensor], torch.Tensor] = _identity

@@ -8,9 +8,12 @@ TASKS = ["a", "b", "c"]
 
 
 def problem():
+    """Losses of three tasks through a shared parameter (the representation is ``shared * 1``)."""
     shared = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     heads = {t: torch.nn.Parameter(torch.tensor(float(i + 1))) for i, t in enumerate(TASKS)}
-    losses = {t: ((shared * heads[t]) ** 2).sum() * (i + 1) for i, t in enumerate(TASKS)}
+    z = shared * 1.0
+    losses = {t: ((z * heads[t]) ** 2).sum() * (i + 1) for i, t in enumerate(TASKS)}
+    problem.features = [z]
     return shared, heads, losses
 
 
@@ -18,7 +21,9 @@ def problem():
 def test_every_weighting_produces_gradients_and_weights(name):
     w = build_weighting(name, TASKS)
     shared, heads, losses = problem()
-    weights = w.backward(losses, BackwardContext(shared_parameters=[shared]))
+    weights = w.backward(
+        losses, BackwardContext(shared_parameters=[shared], shared_features=problem.features)
+    )
     assert set(weights) == set(TASKS)
     assert all(v == v and v >= 0 for v in weights.values())
     assert shared.grad is not None and torch.isfinite(shared.grad).all()
@@ -101,5 +106,7 @@ def test_bad_value_is_a_config_error():
 
 
 def test_unknown_weighting_lists_valid():
-    with pytest.raises(KeyError, match=r"valid: dwa, equal, fixed, uncertainty"):
+    with pytest.raises(
+        KeyError, match=r"valid: aligned_mtl, cagrad, .*dwa, equal, .*uncertainty, upgrad"
+    ):
         build_weighting("gradnorm_typo", TASKS)

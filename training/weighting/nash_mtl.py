@@ -1,0 +1,54 @@
+"""Nash-MTL (Navon et al., ICML 2022, "Multi-Task Learning as a Bargaining Game")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torchjd.aggregation import Aggregator, NashMTL
+from typing_extensions import override
+
+from training.weighting.base import WEIGHTINGS
+from training.weighting.gradient import GradientAggregation, Gradients
+
+
+@WEIGHTINGS.register("nash_mtl")
+class NashMtl(GradientAggregation):
+    """The Nash bargaining solution: weights alpha with (G alpha)_t = 1 / alpha_t.
+
+    Scale-invariant, and every task's share of the improvement is balanced by the product of
+    utilities. Solved with a sequence of convex problems (cvxpy + ECOS). Limits: the slowest
+    method here; ``update_weights_every`` > 1 reuses the weights between solves.
+
+    Args:
+        tasks: task names.
+        max_norm: clip the aggregated gradient to this norm (0 = off).
+        update_weights_every: solve for new weights every this many steps.
+        optim_niter: iterations of the sequential convex solver.
+        gradients: "parameters" or "representation".
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+        gradients: Gradients = "parameters",
+    ) -> None:
+        if max_norm < 0 or update_weights_every < 1 or optim_niter < 1:
+            raise ValueError("max_norm >= 0, update_weights_every >= 1 and optim_niter >= 1")
+        self.max_norm, self.update_every, self.niter = (
+            float(max_norm),
+            update_weights_every,
+            optim_niter,
+        )
+        super().__init__(tasks, gradients)
+
+    @override
+    def make_aggregator(self) -> Aggregator:
+        return NashMTL(
+            n_tasks=len(self.tasks),
+            max_norm=self.max_norm,
+            update_weights_every=self.update_every,
+            optim_niter=self.niter,
+        )
