@@ -1,5 +1,7 @@
-"""Backbones, necks, heads and multi-task architectures."""
+"""Backbones, necks, heads and multi-task architectures (registered by name in ARCHITECTURES)."""
 
+# importing an architecture module registers it
+from training.models import cross_stitch, mtan, mtinet, nddr, padnet, single_task
 from training.models.backbones import BACKBONES, Backbone, build_backbone
 from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
 
@@ -10,4 +12,10 @@ __all__ = [
     "MultiTaskModel",
     "MultiTaskOutput",
     "build_backbone",
+    "cross_stitch",
+    "mtan",
+    "mtinet",
+    "nddr",
+    "padnet",
+    "single_task",
 ]

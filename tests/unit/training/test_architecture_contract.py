@@ -1,0 +1,142 @@
+"""Every registered architecture x task set: shapes, a training step, ONNX export with the parity
+check, and loading by the serving gateway (manifest vs graph, warm-up, the same outputs)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serving.backends.factory import onnxruntime_factory
+from serving.manifest import InputSpec, Manifest, Provenance
+from serving.repository import open_version
+from serving.settings import Settings
+from training.export import check_onnx, check_parity, export_onnx, task_spec
+from training.models import ARCHITECTURES, build_backbone
+from training.tasks import TaskKind, build_task
+
+SIZE = (64, 64)
+LABELS = ("a", "b", "c")
+
+
+def task_set(name: str) -> list[TaskKind]:
+    kinds = {
+        "all kinds": ["segmentation", "depth", "normals", "edges", "multilabel", "classification"],
+        "dense only": ["segmentation", "depth"],
+        "image only": ["classification", "multilabel"],
+        "one dense task": ["depth"],
+        "one image task": ["classification"],
+    }[name]
+    labelled = {"segmentation", "classification", "multilabel"}
+    return [build_task(f"t_{k}", k, LABELS if k in labelled else None) for k in kinds]
+
+
+TASK_SETS = ["all kinds", "dense only", "image only", "one dense task", "one image task"]
+
+
+def build(arch: str, tasks: list[TaskKind]):
+    torch.manual_seed(0)
+    return ARCHITECTURES.get(arch)(build_backbone("resnet18", width=4), tasks, neck_channels=8)
+
+
+def single_task_only(arch: str, tasks: list[TaskKind]) -> bool:
+    """The single-task architecture takes exactly one task (and says so otherwise)."""
+    if arch == "single_task" and len(tasks) > 1:
+        with pytest.raises(ValueError, match="exactly one task"):
+            build(arch, tasks)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("tasks", TASK_SETS)
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_forward_gives_one_output_per_task_at_the_right_shape(arch, tasks):
+    ts = task_set(tasks)
+    if single_task_only(arch, ts):
+        return
+    model = build(arch, ts)
+    out = model(torch.randn(2, 3, 48, 64))
+    assert list(out) == [t.name for t in ts]
+    for t in ts:
+        expect = (2, t.channels, 48, 64) if t.dense else (2, t.channels)
+        assert tuple(out[t.name].shape) == expect, t.name
+    assert out.shared, "the shared representation is exposed for gradient methods"
+    assert all(s.requires_grad for s in out.shared)
+
+
+@pytest.mark.parametrize("tasks", TASK_SETS)
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_a_training_step_reaches_every_parameter(arch, tasks):
+    ts = task_set(tasks)
+    if single_task_only(arch, ts):
+        return
+    model = build(arch, ts).train()
+    shared = {id(p) for p in model.shared_parameters()}
+    own = {id(p) for p in model.task_parameters()}
+    assert not shared & own and shared | own == {id(p) for p in model.parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(torch.randn(2, 3, *SIZE))
+    sum(out[t.name].pow(2).mean() for t in ts).backward()
+    # reached by the graph (zero-initialised residual branches may get a zero gradient at first)
+    dead = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not dead, f"parameters no loss reaches: {dead[:8]}"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_exports_to_onnx_with_parity_and_the_gateway_serves_it(arch, tmp_path: Path):
+    ts = task_set("one dense task" if arch == "single_task" else "all kinds")
+    model = build(arch, ts).eval()
+    with torch.no_grad():  # a few steps of BatchNorm statistics, so eval differs from init
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, *SIZE))
+        model.eval()
+    names = [t.name for t in ts]
+    version = tmp_path / "repo" / "m" / "1"
+    version.mkdir(parents=True)
+    onnx_path = version / "model.onnx"
+    export_onnx(model, names, SIZE, onnx_path, 18)
+    check_onnx(onnx_path, names, SIZE)
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(1, 3, *SIZE, generator=gen), torch.randn(4, 3, *SIZE, generator=gen)]
+    check_parity(model, names, onnx_path, inputs, atol=1e-4, rtol=1e-3)
+
+    manifest = Manifest(
+        name="m",
+        version=1,
+        input=InputSpec(height=SIZE[0], width=SIZE[1], mean=(0.5,) * 3, std=(0.25,) * 3),
+        tasks=[task_spec(t) for t in ts],
+        max_batch_size=4,
+        provenance=Provenance(
+            config={"architecture": arch},
+            data={},
+            created_at=datetime.now(UTC),
+            onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            opset=18,
+            exporter="torch.onnx (dynamo)",
+            framework=f"torch {torch.__version__}",
+            polyhead_version="test",
+        ),
+    )
+    (version / "manifest.json").write_text(manifest.model_dump_json())
+
+    async def serve_once() -> dict[str, np.ndarray]:
+        loaded, backend = await open_version(version, onnxruntime_factory(Settings()))
+        try:
+            return await backend.infer({"image": inputs[1].numpy()}, loaded.output_names)
+        finally:
+            await backend.close()
+
+    served = asyncio.run(serve_once())
+    with torch.no_grad():
+        ref = model(inputs[1])
+    for t in ts:
+        np.testing.assert_allclose(served[t.name], ref[t.name].numpy(), atol=1e-4, rtol=1e-3)

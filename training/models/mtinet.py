@@ -1,0 +1,1 @@
+"""Placeholder: filled in by the architecture work of issue 6."""
