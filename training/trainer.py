@@ -1,4 +1,4 @@
-"""The training loop: AdamW + warm-up/cosine, AMP on CUDA, clipping, exact resume.
+"""The training loop: AdamW + warm-up/cosine, AMP on CUDA, clipping, exact resume, DDP.
 
 Reproducibility: the order of training samples in epoch ``e`` is a permutation drawn from
 ``(seed, e)`` and each sample's augmentation from ``(seed, e, sample id)``, so a run resumed from
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from training import distributed
 from training.checkpoint import (
     Progress,
     find_checkpoint,
@@ -116,10 +117,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False) -> None:
         """Check the config against the data and build everything; nothing is trained yet."""
         self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self.dist = distributed.init_distributed(cfg.run.device)
         self.tasks, self.input_size = check_and_build_tasks(cfg)
         self._check_run_dir()
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.device = pick_device(cfg.run.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.amp = cfg.run.amp == "on" or (cfg.run.amp == "auto" and self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
             raise ConfigError(
@@ -144,6 +148,8 @@ class Trainer:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.run.limit_train_batches)
 
         self.model: MultiTaskModel = build_model(cfg, self.tasks).to(self.device)
+        distributed.synchronise_batchnorm(self.model, self.device)
+        distributed.broadcast_state(self.model)
         self.weighting: Weighting = build_weighting(
             cfg.weighting.name, names, cfg.weighting.params
         ).to(self.device)
@@ -158,6 +164,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.progress = Progress()
+        if self.dist.enabled:
+            log.info("rank %d of %d on %s", self.dist.rank, self.dist.world_size, self.device)
+        distributed.barrier()  # every rank has checked the run directory before rank 0 writes
 
     def _check_run_dir(self) -> None:
         cfg_file = self.out / CONFIG_FILE
@@ -190,14 +199,15 @@ class Trainer:
                 self.scheduler,
                 self.weighting,
             )
-            _truncate_log(log_path, self.progress.global_step)
+            if self.dist.is_main:
+                _truncate_log(log_path, self.progress.global_step)
             log.info(
                 "resumed %s at epoch %d batch %d",
                 self.out,
                 self.progress.epoch,
                 self.progress.batch_in_epoch,
             )
-        else:
+        elif self.dist.is_main:
             write_run_files(
                 self.out,
                 cfg.model_dump(mode="json"),
@@ -213,7 +223,7 @@ class Trainer:
             epoch = self.progress.epoch
             mean = self._epoch_means()
             self.weighting.end_epoch(mean)
-            _append_jsonl(
+            self._log(
                 log_path,
                 {
                     "step": self.progress.global_step,
@@ -226,33 +236,43 @@ class Trainer:
             self.progress = Progress(epoch=epoch + 1, global_step=self.progress.global_step)
             self._checkpoint()
 
-        save_weights(self.model, self.out / WEIGHTS_FILE)
+        if self.dist.is_main:
+            save_weights(self.model, self.out / WEIGHTS_FILE)
+        distributed.shutdown()  # waits for every rank, then leaves the process group
         return metrics
+
+    def _log(self, path: Path, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            _append_jsonl(path, record)
 
     def _epoch_means(self) -> dict[str, float]:
         n = max(self.progress.epoch_loss_count, 1)
         return {t: self.progress.epoch_loss_sums.get(t, 0.0) / n for t in self.cfg.task_names}
 
     def _checkpoint(self) -> None:
-        save_checkpoint(
-            self.out / CHECKPOINT_DIR,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.weighting,
-            self.progress,
-        )
+        if self.dist.is_main:
+            save_checkpoint(
+                self.out / CHECKPOINT_DIR,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.weighting,
+                self.progress,
+            )
+        distributed.barrier()
 
     def _loader(self) -> DataLoader:
         p = self.progress
         self.augment.set_epoch(p.epoch)
-        sampler = EpochBatches(
+        sampler: Sampler[list[int]] = EpochBatches(
             len(self.train_set),
             self.cfg.optim.batch_size,
             self.cfg.run.seed,
             p.epoch,
             p.batch_in_epoch,
         )
+        if self.dist.enabled:
+            sampler = distributed.RankSlice(sampler, self.dist, self.cfg.optim.batch_size)
         return DataLoader(
             self.train_set,
             batch_sampler=sampler,
@@ -286,7 +306,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
             if p.global_step % cfg.run.log_every_steps == 0:
-                _append_jsonl(
+                self._log(
                     log_path,
                     {
                         "step": p.global_step,
@@ -310,6 +330,7 @@ class Trainer:
         with autocast:
             out = self.model(image)
         losses = {t: self.tasks_by_name[t].loss(out[t], targets[t]) for t in cfg.task_names}
+        losses = distributed.global_values(losses)  # the same weights on every rank
         self.optimizer.zero_grad(set_to_none=True)
         ctx = BackwardContext(
             shared_parameters=self.model.shared_parameters(),
@@ -320,6 +341,7 @@ class Trainer:
             scale=self.scaler.scale,
         )
         weights = self.weighting.backward(losses, ctx)
+        distributed.average_gradients([*self.model.parameters(), *self.weighting.parameters()])
         if cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)

@@ -25,6 +25,7 @@ import torch
 from torchjd.aggregation import Aggregator, GramianWeightedAggregator
 from typing_extensions import override
 
+from training import distributed
 from training.weighting.base import BackwardContext, Weighting
 
 Gradients = Literal["parameters", "representation"]
@@ -92,8 +93,7 @@ class GradientAggregation(Weighting):
         ]
         jacobian = torch.stack(rows)
         with torch.no_grad():
-            direction = self.aggregator(jacobian)
-            weights = self._weights(jacobian, direction)
+            direction, weights = self._combine(jacobian)
         if self.record:
             self.last_jacobian, self.last_direction = jacobian.detach(), direction.detach()
 
@@ -113,6 +113,28 @@ class GradientAggregation(Weighting):
             for p, g in zip(targets, pieces, strict=True):
                 _accumulate(p, g)
         return {t: float(w) for t, w in zip(self.tasks, weights, strict=True)}
+
+    def _combine(self, jacobian: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """The direction and the weights; under data parallelism, the same on every rank.
+
+        Parameter gradients are averaged across ranks first (the global batch's Jacobian).
+        Representation gradients belong to each rank's own samples: Gramian-based methods sum
+        the ranks' Gramians and apply the common weights to the local rows; the others
+        (GradDrop) combine each rank's rows, and the gradients are averaged afterwards.
+        """
+        if not distributed.active():
+            direction = self.aggregator(jacobian)
+            return direction, self._weights(jacobian, direction)
+        if self.gradients == "parameters":
+            jacobian = distributed.average_(jacobian.clone())
+            direction = self.aggregator(jacobian)
+            return direction, self._weights(jacobian, direction)
+        if isinstance(self.aggregator, GramianWeightedAggregator):
+            gramian: Any = distributed.sum_(jacobian @ jacobian.T)
+            weights = self.aggregator.gramian_weighting(gramian)
+            return weights @ jacobian, weights.tolist()
+        direction = self.aggregator(jacobian)
+        return direction, self._weights(jacobian, direction)
 
     def _weights(self, jacobian: torch.Tensor, direction: torch.Tensor) -> list[float]:
         if isinstance(self.aggregator, GramianWeightedAggregator):

@@ -14,13 +14,14 @@ def test_every_backbone_returns_four_scales(name):
     assert [64 // f.shape[-1] for f in feats] == b.feature_strides == [4, 8, 16, 32]
 
 
-def all_tasks():
-    return [build_task(f"t_{k}", k, ("a", "b", "c")) for k in TASK_KINDS.names()]
+def all_tasks(arch: str = "hps"):
+    tasks = [build_task(f"t_{k}", k, ("a", "b", "c")) for k in TASK_KINDS.names()]
+    return tasks[:1] if arch == "single_task" else tasks  # the baseline model takes one task
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_every_architecture_returns_one_output_per_task(arch):
-    tasks = all_tasks()
+    tasks = all_tasks(arch)
     model = ARCHITECTURES.get(arch)(build_backbone("resnet18", width=4), tasks, neck_channels=8)
     out = model(torch.randn(2, 3, 48, 64))
     assert list(out) == [t.name for t in tasks]
@@ -33,7 +34,7 @@ def test_every_architecture_returns_one_output_per_task(arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_shared_and_task_parameters_partition_the_model(arch):
     model = ARCHITECTURES.get(arch)(
-        build_backbone("resnet18", width=4), all_tasks(), neck_channels=8
+        build_backbone("resnet18", width=4), all_tasks(arch), neck_channels=8
     )
     shared = {id(p) for p in model.shared_parameters()}
     own = {id(p) for p in model.task_parameters()}
