@@ -16,7 +16,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: write synthetic multi-task data.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Datasets: write synthetic scenes, convert real datasets."
+)
 app.add_typer(data_app, name="data")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,6 +87,27 @@ def data_synth(
     synth(out, n, size, seed, overwrite)
 
 
+@data_app.command("convert")
+@_user_errors
+def data_convert(
+    format_: Annotated[
+        str,
+        typer.Option("--format", help="Source layout: nyud, pascal_context or cityscapes."),
+    ],
+    src: Annotated[Path, typer.Option(help="The dataset folder in its original layout.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the polyhead dataset to.")],
+    size: Annotated[
+        int | None,
+        typer.Option(min=8, max=4096, help="Resize every image to N x N (default: keep)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+) -> None:
+    """Convert NYUD-v2, PASCAL-Context or Cityscapes to the polyhead dataset format."""
+    from training.cli import convert
+
+    convert(format_, src, out, size, overwrite)
+
+
 @app.command()
 @_user_errors
 def train(
@@ -96,11 +119,18 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=0.001")
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also train each task's single-task baseline (same backbone and budget) "
+            "in OUT/baselines/TASK, for the multi-task delta."
+        ),
+    ] = False,
 ) -> None:
-    """Train a multi-task model."""
+    """Train a multi-task model (under torchrun: data-parallel, one process per device)."""
     from training.cli import train as run_train
 
-    run_train(config, out, resume, set_ or [])
+    run_train(config, out, resume, set_ or [], baselines)
 
 
 @app.command("list")
@@ -139,6 +169,31 @@ def evaluate(
     from training.cli import evaluate as run_evaluate
 
     run_evaluate(run, model, data, split, baseline or [], batch_size, out)
+
+
+@app.command()
+@_user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for compare.md, compare.json and plots.")
+    ] = Path("compare"),
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: each run's own).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    baselines: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of single-task baselines (TASK/ run folders) for runs without "
+            "their own RUN/baselines."
+        ),
+    ] = None,
+) -> None:
+    """Compare runs: per-task metrics, multi-task delta, parameters, latency; loss/weight plots."""
+    from training.cli import compare as run_compare
+
+    run_compare(runs, out, data, split, baselines)
 
 
 @app.command()

@@ -22,18 +22,45 @@ def synth(out: Path, n: int, size: int, seed: int, overwrite: bool) -> None:
     typer.echo(f"wrote {n} scenes of {size}x{size} to {path}")
 
 
-def train(config: Path, out: Path, resume: bool, overrides: list[str]) -> None:
-    """Train from a YAML config into a run directory."""
+def convert(fmt: str, src: Path, out: Path, size: int | None, overwrite: bool) -> None:
+    """Convert a real dataset from its original layout to the polyhead dataset format."""
+    from training.data.convert import convert as convert_dataset
+    from training.data.folder import read_dataset_info
+
+    path = convert_dataset(fmt, src, out, size=size, overwrite=overwrite)
+    tasks, (h, w) = read_dataset_info(path)
+    counts = {
+        s: len((path / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")
+    }
+    typer.echo(
+        f"wrote {fmt} to {path}: {w}x{h}, splits "
+        + ", ".join(f"{s} {n}" for s, n in counts.items())
+        + "; tasks "
+        + ", ".join(f"{t.name} ({t.kind})" for t in tasks.values())
+    )
+
+
+def train(
+    config: Path, out: Path, resume: bool, overrides: list[str], baselines: bool = False
+) -> None:
+    """Train from a YAML config into a run directory (and its single-task baselines)."""
+    import os
+
     from training.config import load_config
+    from training.evaluate import format_table
     from training.trainer import Trainer
 
     cfg = load_config(config, _parse_overrides(overrides))
     trainer = Trainer(cfg, out, resume=resume)
     metrics = trainer.fit()
-    from training.evaluate import format_table
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(format_table(metrics))
+        typer.echo(f"run written to {out}")
+    if baselines:
+        from training.baselines import train_baselines
 
-    typer.echo(format_table(metrics))
-    typer.echo(f"run written to {out}")
+        for task, path in train_baselines(cfg, out, resume=resume).items():
+            typer.echo(f"baseline of {task} in {path}")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -81,8 +108,13 @@ def evaluate(
     record: dict[str, Any] = {"split": split, "metrics": metrics}
     baseline_metrics: Metrics = {}
     deltas: dict[str, float] | None = None
-    if baselines:
-        for task, base_run in _parse_baselines(baselines, primaries).items():
+    chosen = _parse_baselines(baselines, primaries)
+    if run is not None:  # the run's own baselines (train --baselines), unless given explicitly
+        from training.baselines import find_baselines
+
+        chosen = {**find_baselines(run, list(primaries)), **chosen}
+    if chosen:
+        for task, base_run in chosen.items():
             loaded_b, dataset_b = _run_and_data(base_run, data, split)
             if task not in {t.name for t in loaded_b.tasks}:
                 raise ConfigError(f"--baseline {task}={base_run}: that run has no task {task!r}")
@@ -191,3 +223,14 @@ def list_registry(what: str) -> list[tuple[str, str]]:
         doc = (registry.get(name).__doc__ or "").strip().splitlines()
         rows.append((name, doc[0] if doc else ""))
     return rows
+
+
+def compare(
+    runs: list[Path], out: Path, data: Path | None, split: str, baselines: Path | None
+) -> None:
+    """Write the comparison of ``runs`` into ``out`` and print its table."""
+    from training.compare import compare_runs
+
+    compare_runs(runs, out, data, split, baselines)
+    typer.echo((out / "compare.md").read_text())
+    typer.echo(f"wrote {out / 'compare.md'}, compare.json, losses.png, weights.png")

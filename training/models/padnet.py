@@ -1,1 +1,146 @@
-"""Placeholder: filled in by the architecture work of issue 6."""
+"""PAD-Net: intermediate predictions for every dense task, distilled into the final ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from training.models.backbones import Backbone
+from training.models.heads import DenseHead, ImageHead
+from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
+from training.models.necks import LightFPN, conv_bn_relu
+from training.tasks import TaskKind
+
+
+class AttentionMessage(nn.Module):
+    """A message from one task to another, gated by attention: ``sigmoid(conv(f)) * conv(f)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gate = nn.Conv2d(channels, channels, 3, padding=1)
+        self.message = nn.Conv2d(channels, channels, 3, padding=1)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate(x)) * self.message(x)
+
+
+class MultiModalDistillation(nn.Module):
+    """Attention-guided message passing between tasks (PAD-Net's distillation module C).
+
+    Task ``k``'s output is ``f_k + sum_{l != k} sigmoid(conv(f_l)) * conv(f_l)``, with separate
+    convolutions for every ordered pair ``(k, l)``; with one task it is the identity.
+
+    Args:
+        names: the tasks, in order.
+        channels: channels of every task's feature map.
+    """
+
+    def __init__(self, names: Sequence[str], channels: int) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.messages = nn.ModuleDict(
+            {
+                dst: nn.ModuleDict(
+                    {src: AttentionMessage(channels) for src in self.names if src != dst}
+                )
+                for dst in self.names
+            }
+        )
+
+    @override
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for dst in self.names:
+            y = feats[dst]
+            inbox = cast(nn.ModuleDict, self.messages[dst])
+            for src, message in inbox.items():
+                y = y + message(feats[src])
+            out[dst] = y
+        return out
+
+
+class InitialPrediction(nn.Module):
+    """One task's intermediate prediction, re-encoded with its features for the distillation.
+
+    Returns ``(features, prediction)``: ``prediction = proj(block(x))`` is the intermediate
+    prediction at the input map's resolution, ``features = encode([block(x), prediction])``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.block = conv_bn_relu(in_channels, channels)
+        self.proj = nn.Conv2d(channels, out_channels, 1)
+        self.encode = conv_bn_relu(channels + out_channels, channels)
+
+    @override
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.block(x)
+        pred = self.proj(h)
+        return self.encode(torch.cat([h, pred], dim=1)), pred
+
+
+@ARCHITECTURES.register("padnet")
+class PADNet(MultiTaskModel):
+    """PAD-Net (Xu, Ouyang, Wang and Sebe, CVPR 2018): prediction, then multi-modal distillation.
+
+    A shared backbone + FPN neck gives each dense task an intermediate prediction; re-encoded with
+    its features, each passes attention-gated messages to the others, and the distilled maps feed
+    the final heads. The intermediate predictions have no loss of their own (no deep supervision)
+    and are not outputs; image-level tasks read the pooled coarsest backbone map, as in HPS.
+    """
+
+    def __init__(
+        self, backbone: Backbone, tasks: Sequence[TaskKind], neck_channels: int = 64
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("a multi-task model needs at least one task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate task names: {names}")
+        self.tasks = {t.name: t for t in tasks}
+        self.backbone = backbone
+        dense = [t for t in tasks if t.dense]
+        self.has_dense = bool(dense)
+        self.neck = LightFPN(backbone.feature_channels, neck_channels) if self.has_dense else None
+        self.initial = nn.ModuleDict(
+            {t.name: InitialPrediction(neck_channels, neck_channels, t.channels) for t in dense}
+        )
+        self.distillation = MultiModalDistillation([t.name for t in dense], neck_channels)
+        top = backbone.feature_channels[-1]
+        self.heads = nn.ModuleDict(
+            {
+                t.name: DenseHead(neck_channels, t.channels)
+                if t.dense
+                else ImageHead(top, t.channels)
+                for t in tasks
+            }
+        )
+
+    @override
+    def shared_parameters(self) -> list[nn.Parameter]:
+        params = list(self.backbone.parameters())
+        if self.neck is not None:
+            params += list(self.neck.parameters())
+        return params
+
+    @override
+    def forward(self, x: torch.Tensor) -> MultiTaskOutput:
+        size = (x.shape[-2], x.shape[-1])
+        feats = self.backbone(x)
+        shared = self.neck(feats) if self.neck is not None else None
+        distilled: dict[str, torch.Tensor] = {}
+        if shared is not None:
+            initial = {name: module(shared)[0] for name, module in self.initial.items()}
+            distilled = self.distillation(initial)
+        out = MultiTaskOutput()
+        for name, task in self.tasks.items():
+            head = self.heads[name]
+            out[name] = head(distilled[name], size) if task.dense else head(feats[-1])
+        out.shared = [t for t in (shared, feats[-1]) if t is not None]
+        return out

@@ -19,16 +19,17 @@ class GradDropWeighting(GradientAggregation):
     """Per coordinate, keep only the gradients of one sign, chosen at random by sign purity.
 
     A coordinate where the tasks agree keeps every gradient; where they disagree, the positive or
-    negative ones are kept with probability given by their share. The paper applies it to the
-    shared representation, hence the default. Limits: stochastic; ignores gradient magnitudes
-    in the choice.
+    negative ones are kept with probability given by their share. Applied here to the shared
+    parameters' gradients (the paper applies it at the shared activations, which would need
+    the representation's gradient backpropagated coordinate by coordinate). Limits:
+    stochastic; ignores gradient magnitudes in the choice.
 
     Args:
         tasks: task names.
-        gradients: "representation" (as in the paper) or "parameters".
+        gradients: "parameters" (the only mode a coordinate-wise method supports).
     """
 
-    def __init__(self, tasks: Sequence[str], gradients: Gradients = "representation") -> None:
+    def __init__(self, tasks: Sequence[str], gradients: Gradients = "parameters") -> None:
         super().__init__(tasks, gradients)
 
     @override

@@ -7,8 +7,10 @@ descent, Quinton and Rey 2024); this module feeds them and applies what they ret
   respect to every shared parameter (one backward pass per task through the shared layers). The
   aggregated row becomes the shared parameters' gradient.
 - ``gradients="representation"``: rows are gradients with respect to the shared representation
-  the heads read (MGDA-UB, Sener and Koltun 2018): no per-task pass through the backbone; the
-  aggregated gradient of the representation is backpropagated once through the shared layers.
+  the heads read (MGDA-UB, Sener and Koltun 2018): no per-task pass through the backbone. The
+  method's weights come from those rows' Gramian, and the shared layers get one backward pass of
+  sum_t w_t L_t (exact, however the representation's tensors depend on one another). Only
+  methods defined by weights on the Gramian can do this (not GradDrop or Nash-MTL).
 
 Task-specific parameters always get the gradient of their own task's loss. The logged weights
 are the aggregator's weights on the Jacobian's rows when it has them (Gramian-based methods),
@@ -65,6 +67,13 @@ class GradientAggregation(Weighting):
             )
         self.gradients: Gradients = gradients
         self.aggregator = self.make_aggregator()
+        if gradients == "representation" and not isinstance(
+            self.aggregator, GramianWeightedAggregator
+        ):
+            raise ValueError(
+                f"{type(self).__name__} combines gradients coordinate by coordinate; it needs "
+                "gradients='parameters'"
+            )
         # with ``record`` on, the last Jacobian and direction are kept (tests, diagnostics)
         self.record = False
         self.last_direction: torch.Tensor | None = None
@@ -106,42 +115,34 @@ class GradientAggregation(Weighting):
             total.backward(retain_graph=True)
             for p, g in zip(shared, saved, strict=True):
                 p.grad = g
-        pieces = _split(direction, targets)
         if self.gradients == "representation":
-            torch.autograd.backward(targets, grad_tensors=pieces, inputs=shared)
+            combined = torch.stack([w * loss for w, loss in zip(weights, scaled, strict=True)])
+            torch.autograd.backward(combined.sum(), inputs=shared)
         else:
-            for p, g in zip(targets, pieces, strict=True):
+            for p, g in zip(targets, _split(direction, targets), strict=True):
                 _accumulate(p, g)
         return {t: float(w) for t, w in zip(self.tasks, weights, strict=True)}
 
     def _combine(self, jacobian: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """The direction and the weights; under data parallelism, the same on every rank.
 
-        Parameter gradients are averaged across ranks first (the global batch's Jacobian).
-        Representation gradients belong to each rank's own samples: Gramian-based methods sum
-        the ranks' Gramians and apply the common weights to the local rows; the others
-        (GradDrop) combine each rank's rows, and the gradients are averaged afterwards.
+        Parameter gradients are averaged across ranks first (the global batch's Jacobian);
+        representation gradients belong to each rank's own samples, so their Gramians are
+        summed. Gramian-based methods weigh the rows once (direction = weights @ rows); the
+        others (coordinate-wise) return a direction, and each task's effective coefficient
+        <d, g_t> / |g_t|^2 is reported as its weight.
         """
-        if not distributed.active():
-            direction = self.aggregator(jacobian)
-            return direction, self._weights(jacobian, direction)
-        if self.gradients == "parameters":
+        if self.gradients == "parameters" and distributed.active():
             jacobian = distributed.average_(jacobian.clone())
-            direction = self.aggregator(jacobian)
-            return direction, self._weights(jacobian, direction)
         if isinstance(self.aggregator, GramianWeightedAggregator):
-            gramian: Any = distributed.sum_(jacobian @ jacobian.T)
+            gramian: Any = jacobian @ jacobian.T
+            if self.gradients == "representation":
+                gramian = distributed.sum_(gramian)
             weights = self.aggregator.gramian_weighting(gramian)
             return weights @ jacobian, weights.tolist()
         direction = self.aggregator(jacobian)
-        return direction, self._weights(jacobian, direction)
-
-    def _weights(self, jacobian: torch.Tensor, direction: torch.Tensor) -> list[float]:
-        if isinstance(self.aggregator, GramianWeightedAggregator):
-            gramian: Any = jacobian @ jacobian.T
-            return self.aggregator.gramian_weighting(gramian).tolist()
         norms = (jacobian * jacobian).sum(dim=1).clamp_min(1e-20)
-        return ((jacobian @ direction) / norms).tolist()
+        return direction, ((jacobian @ direction) / norms).tolist()
 
     @override
     def _load_from_state_dict(

@@ -206,3 +206,37 @@ def test_stateful_methods_carry_their_state_through_a_checkpoint(name):
     clone.load_state_dict(w.state_dict())
     for k, v in w.state_dict().items():
         assert torch.equal(v, clone.state_dict()[k]), k
+
+
+def test_representation_mode_is_exact_when_shared_tensors_are_nested():
+    """Shared tensors [A, B] with A computed from B (as HPS exposes [neck map, backbone map]):
+    the shared parameters get exactly the gradient of sum_t w_t L_t, nothing counted twice."""
+    torch.manual_seed(0)
+    x, ys, shared, heads = toy_problem()
+    neck = torch.nn.Linear(16, 16)
+    b = shared(x)
+    a = torch.tanh(neck(b))
+    losses = {
+        "a": torch.nn.functional.mse_loss(heads["a"](a), ys["a"]),
+        "b": torch.nn.functional.mse_loss(heads["b"](b), ys["b"]),
+    }
+    w = build_weighting("mgda", ["a", "b"], {"gradients": "representation"})
+    params = [*shared.parameters(), *neck.parameters()]
+    weights = w.backward(losses, BackwardContext(params, [a, b], list(heads.parameters())))
+    got = [p.grad.clone() for p in params]
+    b2 = shared(x)
+    a2 = torch.tanh(neck(b2))
+    total = weights["a"] * torch.nn.functional.mse_loss(heads["a"](a2), ys["a"]) + weights[
+        "b"
+    ] * torch.nn.functional.mse_loss(heads["b"](b2), ys["b"])
+    want = torch.autograd.grad(total, params)
+    for g, e in zip(got, want, strict=True):
+        assert torch.allclose(g, e, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["graddrop", "nash_mtl"])
+def test_coordinatewise_methods_refuse_representation_mode(name):
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs gradients='parameters'"):
+        build_weighting(name, ["a", "b"], {"gradients": "representation"})
