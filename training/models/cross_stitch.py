@@ -10,8 +10,7 @@ from torch import nn
 from typing_extensions import override
 
 from training.models.backbones import Backbone
-from training.models.heads import DenseHead, ImageHead
-from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
+from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput, task_heads
 from training.models.necks import LightFPN
 from training.tasks import TaskKind
 
@@ -89,14 +88,7 @@ class PerTaskNetworks(MultiTaskModel):
         self.necks = nn.ModuleDict(
             {t.name: LightFPN(channels, neck_channels) for t in tasks if t.dense}
         )
-        self.heads = nn.ModuleDict(
-            {
-                t.name: DenseHead(neck_channels, t.channels)
-                if t.dense
-                else ImageHead(channels[-1], t.channels)
-                for t in tasks
-            }
-        )
+        self.heads = task_heads(tasks, neck_channels, channels[-1])
 
     def make_fusion(self, num_tasks: int, channels: int) -> nn.Module:
         """The unit fusing ``num_tasks`` maps of ``channels`` channels after one stage."""

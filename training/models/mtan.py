@@ -10,8 +10,13 @@ from torch import nn
 from typing_extensions import override
 
 from training.models.backbones import Backbone
-from training.models.heads import DenseHead, ImageHead
-from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
+from training.models.multitask import (
+    ARCHITECTURES,
+    MultiTaskModel,
+    MultiTaskOutput,
+    task_heads,
+    tasks_by_name,
+)
 from training.models.necks import LightFPN, conv_bn_relu
 from training.tasks import TaskKind
 
@@ -106,12 +111,7 @@ class MTAN(MultiTaskModel):
         self, backbone: Backbone, tasks: Sequence[TaskKind], neck_channels: int = 64
     ) -> None:
         super().__init__()
-        if not tasks:
-            raise ValueError("a multi-task model needs at least one task")
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate task names: {names}")
-        self.tasks = {t.name: t for t in tasks}
+        self.tasks = tasks_by_name(tasks)
         self.backbone = backbone
         channels = list(backbone.feature_channels)
         self.has_dense = any(t.dense for t in tasks)
@@ -120,14 +120,7 @@ class MTAN(MultiTaskModel):
         self.decoder_attention = nn.ModuleDict(
             {t.name: DecoderAttention(channels[-1], neck_channels) for t in tasks if t.dense}
         )
-        self.heads = nn.ModuleDict(
-            {
-                t.name: DenseHead(neck_channels, t.channels)
-                if t.dense
-                else ImageHead(channels[-1], t.channels)
-                for t in tasks
-            }
-        )
+        self.heads = task_heads(tasks, neck_channels, channels[-1])
 
     @override
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from training.models.backbones import Backbone
 from training.models.heads import DenseHead, ImageHead
-from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
+from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput, tasks_by_name
 from training.models.necks import conv_bn_relu
 from training.models.padnet import MultiModalDistillation
 from training.tasks import TaskKind
@@ -113,12 +113,7 @@ class MTINet(MultiTaskModel):
         self, backbone: Backbone, tasks: Sequence[TaskKind], neck_channels: int = 64
     ) -> None:
         super().__init__()
-        if not tasks:
-            raise ValueError("a multi-task model needs at least one task")
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate task names: {names}")
-        self.tasks = {t.name: t for t in tasks}
+        self.tasks = tasks_by_name(tasks)
         self.backbone = backbone
         channels = list(backbone.feature_channels)
         scales = len(channels)

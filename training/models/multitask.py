@@ -45,6 +45,30 @@ class MultiTaskModel(nn.Module):
         return [p for p in self.parameters() if id(p) not in shared]
 
 
+def tasks_by_name(tasks: Sequence[TaskKind]) -> dict[str, TaskKind]:
+    """The tasks keyed by name, in order; no task, or a name twice, is an error."""
+    if not tasks:
+        raise ValueError("a multi-task model needs at least one task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate task names: {names}")
+    return {t.name: t for t in tasks}
+
+
+def task_heads(
+    tasks: Sequence[TaskKind], dense_channels: int, image_channels: int
+) -> nn.ModuleDict:
+    """Heads by task name: dense ones read ``dense_channels``, image ones ``image_channels``."""
+    return nn.ModuleDict(
+        {
+            t.name: DenseHead(dense_channels, t.channels)
+            if t.dense
+            else ImageHead(image_channels, t.channels)
+            for t in tasks
+        }
+    )
+
+
 ARCHITECTURES: Registry[type[MultiTaskModel]] = Registry("architecture")
 
 
@@ -60,24 +84,12 @@ class HardParameterSharing(MultiTaskModel):
         self, backbone: Backbone, tasks: Sequence[TaskKind], neck_channels: int = 64
     ) -> None:
         super().__init__()
-        if not tasks:
-            raise ValueError("a multi-task model needs at least one task")
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate task names: {names}")
-        self.tasks = {t.name: t for t in tasks}
+        self.tasks = tasks_by_name(tasks)
         self.backbone = backbone
         self.has_dense = any(t.dense for t in tasks)
         self.neck = LightFPN(backbone.feature_channels, neck_channels) if self.has_dense else None
         top = backbone.feature_channels[-1]
-        self.heads = nn.ModuleDict(
-            {
-                t.name: DenseHead(neck_channels, t.channels)
-                if t.dense
-                else ImageHead(top, t.channels)
-                for t in tasks
-            }
-        )
+        self.heads = task_heads(tasks, neck_channels, top)
 
     @override
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -10,8 +10,13 @@ from torch import nn
 from typing_extensions import override
 
 from training.models.backbones import Backbone
-from training.models.heads import DenseHead, ImageHead
-from training.models.multitask import ARCHITECTURES, MultiTaskModel, MultiTaskOutput
+from training.models.multitask import (
+    ARCHITECTURES,
+    MultiTaskModel,
+    MultiTaskOutput,
+    task_heads,
+    tasks_by_name,
+)
 from training.models.necks import LightFPN, conv_bn_relu
 from training.tasks import TaskKind
 
@@ -98,12 +103,7 @@ class PADNet(MultiTaskModel):
         self, backbone: Backbone, tasks: Sequence[TaskKind], neck_channels: int = 64
     ) -> None:
         super().__init__()
-        if not tasks:
-            raise ValueError("a multi-task model needs at least one task")
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate task names: {names}")
-        self.tasks = {t.name: t for t in tasks}
+        self.tasks = tasks_by_name(tasks)
         self.backbone = backbone
         dense = [t for t in tasks if t.dense]
         self.has_dense = bool(dense)
@@ -113,14 +113,7 @@ class PADNet(MultiTaskModel):
         )
         self.distillation = MultiModalDistillation([t.name for t in dense], neck_channels)
         top = backbone.feature_channels[-1]
-        self.heads = nn.ModuleDict(
-            {
-                t.name: DenseHead(neck_channels, t.channels)
-                if t.dense
-                else ImageHead(top, t.channels)
-                for t in tasks
-            }
-        )
+        self.heads = task_heads(tasks, neck_channels, top)
 
     @override
     def shared_parameters(self) -> list[nn.Parameter]:
