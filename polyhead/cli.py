@@ -23,6 +23,19 @@ app.add_typer(data_app, name="data")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Options of the commands that reach a model backend (serve, score): one definition each.
+BackendOption = Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")]
+TritonUrlOption = Annotated[
+    str | None, typer.Option(help="Triton's host:port, with --backend triton.")
+]
+ThreadsOption = Annotated[
+    int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")
+]
+ProvidersOption = Annotated[
+    str | None, typer.Option(help="Comma-separated ONNX Runtime providers, in preference order.")
+]
+EnvFileOption = Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")]
+
 
 def _user_errors(fn: F) -> F:
     """Turn the errors a user can cause into a one-line message and exit code 2."""
@@ -252,17 +265,10 @@ def score(
         str | None,
         typer.Option(help="File endings a folder scan takes, comma-separated, or '*' for all."),
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")] = None,
-    triton_url: Annotated[
-        str | None, typer.Option(help="Triton's host:port, with --backend triton.")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")
-    ] = None,
-    providers: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated ONNX Runtime providers, in preference order."),
-    ] = None,
+    backend: BackendOption = None,
+    triton_url: TritonUrlOption = None,
+    threads: ThreadsOption = None,
+    providers: ProvidersOption = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -275,7 +281,7 @@ def score(
     overwrite: Annotated[
         bool, typer.Option(help="Discard a previous run in --output instead of resuming it.")
     ] = False,
-    env_file: Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")] = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Score images into Parquet: every task's predictions per image, resumable, exactly once.
 
@@ -356,23 +362,16 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="Also serve KServe v2 gRPC on this port (off by default).")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")] = None,
-    triton_url: Annotated[
-        str | None, typer.Option(help="Triton's host:port, with --backend triton.")
-    ] = None,
+    backend: BackendOption = None,
+    triton_url: TritonUrlOption = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Rows per forward pass.")] = None,
     max_queue_delay_ms: Annotated[
         float | None, typer.Option(help="Wait for a fuller batch.")
     ] = None,
     max_queue_size: Annotated[int | None, typer.Option(help="Requests queued before 503.")] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")
-    ] = None,
-    providers: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated ONNX Runtime providers, in preference order."),
-    ] = None,
-    env_file: Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")] = None,
+    threads: ThreadsOption = None,
+    providers: ProvidersOption = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Serve the models of a repository over HTTP, and gRPC if asked (no torch needed).
 

@@ -69,6 +69,14 @@ def task_heads(
     )
 
 
+def trunk_parameters(backbone: nn.Module, neck: nn.Module | None) -> list[nn.Parameter]:
+    """The backbone's parameters, then the neck's (when there is one): a shared trunk."""
+    params = list(backbone.parameters())
+    if neck is not None:
+        params += list(neck.parameters())
+    return params
+
+
 ARCHITECTURES: Registry[type[MultiTaskModel]] = Registry("architecture")
 
 
@@ -93,10 +101,7 @@ class HardParameterSharing(MultiTaskModel):
 
     @override
     def shared_parameters(self) -> list[nn.Parameter]:
-        params = list(self.backbone.parameters())
-        if self.neck is not None:
-            params += list(self.neck.parameters())
-        return params
+        return trunk_parameters(self.backbone, self.neck)
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:

@@ -16,6 +16,7 @@ from training.models.multitask import (
     MultiTaskOutput,
     task_heads,
     tasks_by_name,
+    trunk_parameters,
 )
 from training.models.necks import LightFPN, conv_bn_relu
 from training.tasks import TaskKind
@@ -117,10 +118,7 @@ class PADNet(MultiTaskModel):
 
     @override
     def shared_parameters(self) -> list[nn.Parameter]:
-        params = list(self.backbone.parameters())
-        if self.neck is not None:
-            params += list(self.neck.parameters())
-        return params
+        return trunk_parameters(self.backbone, self.neck)
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
