@@ -2,8 +2,10 @@
 
 ``model_repo/NAME/VERSION/manifest.json`` says everything the server needs and nothing it must
 guess: the input (size, normalisation, resize policy), every task (kind, ONNX output name,
-labels, thresholds, units), the metrics measured at export, and where the model came from.
-Only pydantic and the standard library are imported here: both sides depend on this module.
+labels, thresholds, units, and the decoded outputs the graph computes beside the raw one), the
+metrics measured at export, and where the model came from. Only pydantic and the standard
+library are imported at module level: both sides depend on this module. What each task kind
+requires comes from its module in ``serving.kinds`` (imported when a task is validated).
 """
 
 from __future__ import annotations
@@ -27,20 +29,13 @@ from pydantic import (
 
 FORMAT_VERSION: Literal[1] = 1
 
-#: Every task kind the contract knows, and whether its output is per pixel or per image.
-TASK_KINDS: dict[str, Literal["dense", "image"]] = {
-    "segmentation": "dense",
-    "depth": "dense",
-    "normals": "dense",
-    "edges": "dense",
-    "saliency": "dense",
-    "classification": "image",
-    "multilabel": "image",
-    "regression": "image",
-}
-_LABELLED = {"segmentation", "classification", "multilabel"}
-_THRESHOLDED = {"edges", "saliency", "multilabel"}
-_FIXED_CHANNELS = {"depth": 1, "edges": 1, "saliency": 1, "normals": 3}
+
+
+def _kind(name: str) -> Any:
+    """The registered serving kind (imported here, lazily: the kinds import this module)."""
+    from serving.kinds import get_kind
+
+    return get_kind(name)
 
 
 def _positive_std(v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -79,6 +74,15 @@ class InputSpec(_Frozen):
     resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
 
 
+class DecodedOutput(_Frozen):
+    """A decoded output the graph computes beside a task's raw output (see serving.kinds)."""
+
+    name: str  # the kind's decoded tensor, e.g. "classes"
+    output: str = Field(min_length=1)  # its ONNX output name, e.g. "semseg.classes"
+    dtype: Literal["uint8", "float16", "float32"]
+    shape: tuple[int, ...]  # without the batch axis
+
+
 class TaskSpec(_Frozen):
     """One task head: its kind, ONNX output and how to decode it."""
 
@@ -92,12 +96,13 @@ class TaskSpec(_Frozen):
     value_range: tuple[float, float] | None = None
     primary_metric: str | None = None
     higher_is_better: bool | None = None
+    # empty for versions exported before graph decoding: served through the CPU decoders
+    decoded: list[DecodedOutput] = Field(default_factory=list)
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in TASK_KINDS:
-            raise ValueError(f"unknown task kind {v!r}; valid: {', '.join(sorted(TASK_KINDS))}")
+        _kind(v)
         return v
 
     @field_validator("value_range")
@@ -110,18 +115,27 @@ class TaskSpec(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _default_threshold(cls, data: Any) -> Any:
-        thresholded = isinstance(data, dict) and data.get("kind") in _THRESHOLDED
-        if thresholded and data.get("threshold") is None:
-            data = {**data, "threshold": 0.5}
-        return data
+        if not isinstance(data, dict) or data.get("threshold") is not None:
+            return data
+        try:
+            thresholded = _kind(data.get("kind", "")).thresholded
+        except ValueError:  # reported by the kind's own validator
+            return data
+        return {**data, "threshold": 0.5} if thresholded else data
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
-        fixed = _FIXED_CHANNELS.get(self.kind)
-        if fixed is not None and self.channels != fixed:
-            raise ValueError(f"channels: a {self.kind} task has {fixed}, got {self.channels}")
-        if self.kind in _LABELLED and not self.labels:
-            raise ValueError(f"labels: required for a {self.kind} task")
+        kind = _kind(self.kind)
+        kind.validate(self)
+        names = [d.name for d in self.decoded]
+        if len(set(names)) != len(names):
+            raise ValueError(f"decoded: duplicate names {names}")
+        for d in self.decoded:
+            tensor = kind.tensor(d.name)
+            if not tensor.ops:
+                raise ValueError(f"decoded.{d.name}: is the raw output itself, not a graph output")
+            if d.dtype != tensor.dtype:
+                raise ValueError(f"decoded.{d.name}: dtype is {tensor.dtype}, got {d.dtype}")
         if self.labels is not None:
             if len(self.labels) != self.channels:
                 raise ValueError(f"labels: {len(self.labels)} labels for {self.channels} channels")
@@ -133,7 +147,14 @@ class TaskSpec(_Frozen):
     @property
     def dense(self) -> bool:
         """True when the output is a per-pixel map at input resolution."""
-        return TASK_KINDS[self.kind] == "dense"
+        return bool(_kind(self.kind).dense)
+
+    def decoded_output(self, name: str) -> str | None:
+        """The ONNX output of the decoded tensor ``name``, or None when the graph lacks it."""
+        for d in self.decoded:
+            if d.name == name:
+                return d.output
+        return None
 
 
 class Provenance(_Frozen):
@@ -165,13 +186,22 @@ class Manifest(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         names = [t.name for t in self.tasks]
-        outputs = [t.output for t in self.tasks]
+        outputs = [t.output for t in self.tasks] + [d.output for t in self.tasks for d in t.decoded]
         for what, values in (("names", names), ("outputs", outputs)):
             dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
                 raise ValueError(f"tasks: duplicate task {what} {dupes}")
         if self.input.name in outputs:
             raise ValueError(f"tasks: an output is named like the input {self.input.name!r}")
+        for t in self.tasks:
+            raw = self.output_shape(t.name)
+            for d in t.decoded:
+                want = _kind(t.kind).tensor(d.name).row_shape(raw)
+                if d.shape != want:
+                    raise ValueError(
+                        f"tasks.{t.name}.decoded.{d.name}: shape {list(d.shape)}, "
+                        f"expected {list(want)}"
+                    )
         unknown = sorted(set(self.metrics) - set(names))
         if unknown:
             raise ValueError(f"metrics: for unknown tasks {unknown}; tasks are {names}")
@@ -197,6 +227,12 @@ class Manifest(_Frozen):
             if t.name == name:
                 return t
         raise ManifestError(f"unknown task {name!r}; tasks: {', '.join(self.task_names)}")
+
+    @property
+    def graph_outputs(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """Every ONNX output (name, NumPy dtype, shape without the batch axis): raw, then decoded."""
+        raw = [(t.output, "float32", self.output_shape(t.name)) for t in self.tasks]
+        return raw + [(d.output, d.dtype, d.shape) for t in self.tasks for d in t.decoded]
 
     def output_shape(self, task: str) -> tuple[int, ...]:
         """Output shape without the batch axis: (C, H, W) for dense tasks, (C,) otherwise."""
@@ -242,7 +278,7 @@ def render_errors(e: ValidationError, title: str) -> str:
 
 __all__ = [
     "FORMAT_VERSION",
-    "TASK_KINDS",
+    "DecodedOutput",
     "InputSpec",
     "Manifest",
     "ManifestError",

@@ -61,6 +61,10 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
+#: Triton data type of each NumPy dtype a graph output may have.
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
+
+
 def _preferred_sizes(max_batch_size: int) -> tuple[int, ...]:
     sizes, b = [], 2
     while b < max_batch_size:
@@ -92,7 +96,9 @@ def config_from_manifest(
         platform="onnxruntime_onnx",
         max_batch_size=m.max_batch_size,
         inputs=(TensorConfig(inp.name, "TYPE_FP32", (inp.channels, inp.height, inp.width)),),
-        outputs=tuple(TensorConfig(t.output, "TYPE_FP32", m.output_shape(t.name)) for t in m.tasks),
+        outputs=tuple(
+            TensorConfig(name, TRITON_DTYPES[dtype], shape) for name, dtype, shape in m.graph_outputs
+        ),
         dynamic_batching=DynamicBatching(
             preferred_batch_size=_preferred_sizes(m.max_batch_size),
             max_queue_delay_microseconds=max_queue_delay_microseconds,
