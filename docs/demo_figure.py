@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.codecs import decode_array
 from serving.manifest import Manifest
-from serving.postprocess import DecodeOptions, decode
+from serving.decoding import decode_predictions, needed_outputs
+from serving.kinds import DecodeOptions
 from serving.preprocess import preprocess
 
 PALETTE = np.array(
@@ -47,11 +48,8 @@ def main() -> None:
     for sid in ids:
         data = (a.data / "images" / f"{sid}.png").read_bytes()
         x, g = preprocess(data, m.input, 10**8)
-        out = asyncio.run(backend.infer({"image": x[None]}, m.output_names))
-        t = {
-            task.name: decode(out[task.output][0], task, g, DecodeOptions(encoding="float16"))
-            for task in m.tasks
-        }
+        out = asyncio.run(backend.infer({"image": x[None]}, needed_outputs(m.tasks)))
+        t = decode_predictions(out, m.tasks, [g], DecodeOptions(encoding="float16"))[0]["tasks"]
         seg = decode_array(t["semseg"]["map"])
         depth = decode_array(t["depth"]["map"]).astype(np.float32)
         normals = decode_array(t["normals"]["map"]).astype(np.float32)

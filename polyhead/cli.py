@@ -212,18 +212,29 @@ def compare(
 @app.command()
 @_user_errors
 def export(
-    run: Annotated[Path, typer.Option(help="A finished training run directory.")],
-    repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
-    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "scenes",
+    run: Annotated[Path | None, typer.Option(help="A finished training run directory.")] = None,
+    upgrade: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of a run: a version REPO/NAME/VERSION exported without decoded "
+            "outputs, published again with them (same weights) as the next version of NAME."
+        ),
+    ] = None,
+    repo: Annotated[
+        Path | None, typer.Option(help="Model repository root [default: model_repo].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name in the repository [default: scenes].")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset for parity and metrics.")] = None,
     split: Annotated[
         str | None, typer.Option(help="Split whose metrics go in the manifest.")
     ] = None,
 ) -> None:
-    """Export to ONNX, check parity with PyTorch, publish the next version."""
+    """Export to ONNX with decoded outputs, check parity with PyTorch, publish the next version."""
     from training.cli import export as run_export
 
-    run_export(run, repo, name, data, split)
+    run_export(run, repo, name, data, split, upgrade)
 
 
 @app.command()
@@ -255,8 +266,16 @@ def score(
         str, typer.Option(help="Dense maps: png, float16 (raw bytes) or json (values).")
     ] = "float16",
     resolution: Annotated[
-        str, typer.Option(help="Dense maps at the image's size (original) or the model's.")
-    ] = "original",
+        str | None,
+        typer.Option(
+            help="Dense maps at the model's grid (model, the default) or the image's size "
+            "(original)."
+        ),
+    ] = None,
+    max_side: Annotated[
+        int | None,
+        typer.Option(help="Maps at the image's size, their long side at most this many pixels."),
+    ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Labels kept for classification.")] = 5,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Rows per Parquet shard (the unit of resumption).")
@@ -292,7 +311,7 @@ def score(
 
     from serving.scoring import IMAGE_EXTENSIONS, ScoreJob, ScoreOptions
     from serving.scoring import score as run_score
-    from serving.service import parse_options
+    from serving.decoding import parse_options
 
     settings = _settings(
         env_file,
@@ -301,7 +320,7 @@ def score(
         intra_op_threads=threads,
         providers=providers.split(",") if providers else None,
     )
-    decode = parse_options(encoding, resolution, top_k)
+    decode = parse_options(encoding, resolution, top_k, max_side)
     if extensions is None:
         exts: tuple[str, ...] | None = IMAGE_EXTENSIONS
     elif extensions.strip() == "*":
@@ -320,9 +339,11 @@ def score(
             tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
             encoding=decode.encoding,
             resolution=decode.resolution,
+            max_side=decode.max_side,
             top_k=decode.top_k,
             max_image_pixels=settings.max_image_pixels,
             min_image_side=settings.min_image_side,
+            max_response_bytes=settings.max_response_bytes,
         ),
         batch_size=batch_size,
         workers=workers,

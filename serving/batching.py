@@ -5,7 +5,9 @@ Requests wait at most ``max_queue_delay_ms`` for company, a batch holds at most
 (``Overloaded``, a 503 with Retry-After) instead of waiting behind an ever longer line. An idle
 batcher dispatches a lone request immediately: the delay is only spent when other requests are
 actually arriving. Each request gets exactly its own rows back; an exception in the forward pass
-reaches every request of that batch.
+reaches every request of that batch. Each request names the outputs it needs; a batch
+fetches the union of its requests' outputs (on a GPU, what is not fetched is never copied to
+the host).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +28,8 @@ from serving.errors import Overloaded
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-RunFn = Callable[[Arrays], Awaitable[Arrays]]
+#: One forward pass: (inputs, the outputs wanted) -> those outputs by name.
+RunFn = Callable[[Arrays, list[str]], Awaitable[Arrays]]
 
 
 class BatchObserver(Protocol):
@@ -43,6 +46,7 @@ class BatchObserver(Protocol):
 class _Job:
     inputs: Arrays
     rows: int
+    outputs: tuple[str, ...]
     future: asyncio.Future[Arrays]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -96,23 +100,26 @@ class MicroBatcher:
                 await self._worker
             self._worker = None
 
-    async def submit(self, inputs: Arrays) -> Arrays:
-        """Run ``inputs`` (arrays sharing their first axis) and return its rows of every output."""
+    async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+        """Run ``inputs`` (arrays sharing their first axis); its rows of each of ``outputs``."""
         self.start()
         rows = _rows(inputs)
+        wanted = tuple(dict.fromkeys(outputs))
+        if not wanted:
+            raise ValueError("no output requested")
         if rows <= self.max_batch_size:
-            return await self._submit_one(inputs, rows)
+            return await self._submit_one(inputs, rows, wanted)
         parts = [
             {k: v[i : i + self.max_batch_size] for k, v in inputs.items()}
             for i in range(0, rows, self.max_batch_size)
         ]
         if len(parts) > self.max_queue_size - self._queue.qsize():
             raise self._overloaded()
-        results = await asyncio.gather(*(self._submit_one(p, _rows(p)) for p in parts))
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+        results = await asyncio.gather(*(self._submit_one(p, _rows(p), wanted) for p in parts))
+        return {k: np.concatenate([r[k] for r in results]) for k in wanted}
 
-    async def _submit_one(self, inputs: Arrays, rows: int) -> Arrays:
-        job = _Job(inputs, rows, asyncio.get_running_loop().create_future())
+    async def _submit_one(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Arrays:
+        job = _Job(inputs, rows, outputs, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -173,10 +180,14 @@ class MicroBatcher:
             if self.observer:
                 for j in live:
                     self.observer.queue_wait(now - j.enqueued)
-            batch = {k: np.concatenate([j.inputs[k] for j in live]) for k in live[0].inputs}
+            if len(live) == 1:
+                batch = live[0].inputs
+            else:
+                batch = {k: np.concatenate([j.inputs[k] for j in live]) for k in live[0].inputs}
+            wanted = list(dict.fromkeys(o for j in live for o in j.outputs))
             started = time.perf_counter()
             try:
-                out = await self.run(batch)
+                out = await self.run(batch, wanted)
             except asyncio.CancelledError:
                 for j in live:
                     if not j.future.done():
@@ -193,7 +204,7 @@ class MicroBatcher:
                 self.observer.batch(len(next(iter(batch.values()))), elapsed)
             offset = 0
             for j in live:
-                rows = {k: v[offset : offset + j.rows] for k, v in out.items()}
+                rows = {k: out[k][offset : offset + j.rows] for k in j.outputs}
                 offset += j.rows
                 if not j.future.done():
                     j.future.set_result(rows)
@@ -234,9 +245,10 @@ class PassThrough:
         while self._in_flight:
             await asyncio.sleep(0.005)
 
-    async def submit(self, inputs: Arrays) -> Arrays:
+    async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
         """Run ``inputs`` now (split into parts of at most ``max_batch_size`` rows)."""
         rows = _rows(inputs)
+        wanted = list(dict.fromkeys(outputs))
         parts = [
             {k: v[i : i + self.max_batch_size] for k, v in inputs.items()}
             for i in range(0, rows, self.max_batch_size)
@@ -249,16 +261,16 @@ class PassThrough:
             )
         self._in_flight += len(parts)
         try:
-            results = await asyncio.gather(*(self._one(p) for p in parts))
+            results = await asyncio.gather(*(self._one(p, wanted) for p in parts))
         finally:
             self._in_flight -= len(parts)
         if len(results) == 1:
             return results[0]
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
-    async def _one(self, part: Arrays) -> Arrays:
+    async def _one(self, part: Arrays, outputs: list[str]) -> Arrays:
         started = time.perf_counter()
-        out = await self.run(part)
+        out = await self.run(part, outputs)
         if self.observer:
             self.observer.queue_wait(0.0)
             self.observer.batch(_rows(part), time.perf_counter() - started)

@@ -64,7 +64,9 @@ def encode_raw(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[st
 
 def encode_json(array: np.ndarray, decimals: int = 4, **extra: Any) -> dict[str, Any]:
     """Nested JSON lists (large and slow for dense maps: only on request)."""
-    values = np.round(array, decimals) if np.issubdtype(array.dtype, np.floating) else array
+    floating = np.issubdtype(array.dtype, np.floating)
+    # in float64: float16 values rounded in float16 print with a dozen digits
+    values = np.round(array.astype(np.float64), decimals) if floating else array
     return {
         "encoding": "json",
         "dtype": str(array.dtype),

@@ -4,114 +4,72 @@ A model is described by its manifest. Its v2 inputs are the graph's own tensor i
 (``image``, FP32 N×3×H×W, already normalised) or, instead, ``image_bytes``: BYTES, one encoded
 image per row, pre-processed on the server exactly as ``/v1`` does. Its v2 outputs are the raw
 task outputs (logits, as the graph computes them) and, on request only, decoded outputs named
-``TASK.WHAT`` (``semseg.classes`` UINT8 H×W, ``depth.depth``, ``normals.normals`` H×W×3,
-``edges.probability``, ``shapes.probabilities``, ``background.label`` ..., and for every task
-``TASK.json``: the very JSON ``/v1`` returns for that task). Every request is one forward pass
-through the model's dynamic batcher.
+``TASK.WHAT``: each task kind's decoded tensors (``semseg.classes`` UINT8 H×W, ``depth.depth``
+FP16, ``normals.normals`` FP16 H×W×3, ``edges.probability`` FP16, ``shapes.probabilities``,
+...; see ``serving.kinds``), its extra outputs (``background.label``), ``TASK.json`` (the very
+JSON ``/v1`` returns for that task), and ``image.box`` / ``image.size`` (where dense maps lie
+on each image). Dense decoded outputs follow the request's ``resolution`` (``model`` by
+default) and ``max_side``, as in ``/v1``. Every request is one forward pass through the
+model's dynamic batcher, and its response is held to the output budget before decoding.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 
-from serving.errors import BadRequest, NotFound, PayloadTooLarge
-from serving.manifest import Manifest, TaskSpec
-from serving.postprocess import (
-    DecodeOptions,
-    class_map,
-    decode,
-    depth_map,
-    normal_map,
-    probability_map,
-    sigmoid,
-    softmax,
+from serving.decoding import (
+    check_budget,
+    decode_task,
+    laid_back,
+    parse_options,
+    task_bytes,
+    task_outputs,
+    task_tensors,
 )
-from serving.preprocess import Geometry
-from serving.repository import ModelVersion
-from serving.service import PredictionService, parse_options
+from serving.errors import BadRequest, NotFound, PayloadTooLarge
+from serving.geometry import Geometry, identity
+from serving.kinds import DecodeOptions, get_kind
+from serving.kinds.base import Maps
+from serving.kinds.maps import target_size
+from serving.manifest import Manifest, TaskSpec
+from serving.repository import DATATYPES, ModelVersion
+from serving.service import PredictionService
 from serving.tensors import Tensor
 
 ENCODED_INPUT = "image_bytes"
 SERVER_NAME = "polyhead"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
+BOX_OUTPUT = "image.box"  # INT32 [N, 4]: left, top, width, height in the image's pixels
+SIZE_OUTPUT = "image.size"  # INT32 [N, 2]: width, height of the image
 
-# (suffix, datatype, per-row shape given the task (None: H, W of the image), function)
-ArrayFn = Callable[[np.ndarray, TaskSpec, Geometry, DecodeOptions], np.ndarray]
+#: JSON bytes of one element at most, by datatype (a float repr, with its comma)
+_JSON_ELEMENT = {"UINT8": 4, "INT32": 12, "BYTES": 0}
+_V2_SHRINK = (
+    "set the request parameter resolution to 'model' (the default) or a smaller max_side, "
+    "ask for binary outputs, fewer outputs, or fewer images per request"
+)
 
-
-@dataclass(frozen=True)
-class DecodedOutput:
-    """One decoded output of a task kind."""
-
-    suffix: str
-    datatype: str
-    shape: Callable[[TaskSpec], list[int]]  # per row; -1 for a dimension that varies
-    fn: ArrayFn
-
-
-def _label(labels: list[str] | None, i: int) -> bytes:
-    return (labels[i] if labels else str(i)).encode()
-
-
-_HW = lambda t: [-1, -1]  # noqa: E731 - dense maps follow the image size
-_C = lambda t: [t.channels]  # noqa: E731
-_ONE = lambda t: [1]  # noqa: E731
-
-DECODED: dict[str, list[DecodedOutput]] = {
-    "segmentation": [
-        DecodedOutput("classes", "UINT8", _HW, lambda y, t, g, o: class_map(y, g, o)),
-    ],
-    "depth": [DecodedOutput("depth", "FP32", _HW, lambda y, t, g, o: depth_map(y, g, o))],
-    "normals": [
-        DecodedOutput(
-            "normals", "FP32", lambda t: [-1, -1, 3], lambda y, t, g, o: normal_map(y, g, o)
-        )
-    ],
-    "edges": [
-        DecodedOutput("probability", "FP32", _HW, lambda y, t, g, o: probability_map(y, g, o))
-    ],
-    "saliency": [
-        DecodedOutput("probability", "FP32", _HW, lambda y, t, g, o: probability_map(y, g, o))
-    ],
-    "classification": [
-        DecodedOutput(
-            "probabilities", "FP32", _C, lambda y, t, g, o: softmax(y).astype(np.float32)
-        ),
-        DecodedOutput(
-            "label",
-            "BYTES",
-            _ONE,
-            lambda y, t, g, o: np.array([_label(t.labels, int(np.argmax(y)))], dtype=object),
-        ),
-    ],
-    "multilabel": [
-        DecodedOutput(
-            "probabilities", "FP32", _C, lambda y, t, g, o: sigmoid(y).astype(np.float32)
-        ),
-    ],
-    "regression": [DecodedOutput("values", "FP32", _C, lambda y, t, g, o: y.astype(np.float32))],
-}
-
-
-def _json_output(y: np.ndarray, t: TaskSpec, g: Geometry, o: DecodeOptions) -> np.ndarray:
-    return np.array([orjson.dumps(decode(y, t, g, o))], dtype=object)
+PlanKind = Literal["raw", "tensor", "extra", "json", "box", "size"]
 
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """How to produce one v2 output: a raw task output, or a decoded one."""
+    """How to produce one v2 output: a raw task output, a decoded one, or a placement."""
 
     name: str
     datatype: str
-    shape: list[int]  # per row
-    task: TaskSpec
-    fn: ArrayFn | None = None  # None: the raw output as is
+    shape: list[int]  # per row; -1 for a dimension that follows the image
+    kind: PlanKind
+    task: TaskSpec | None = None
+    tensor: str = ""  # the decoded tensor (tensor plans)
+    fn: Callable[[Maps, TaskSpec], np.ndarray] | None = None  # extra plans
 
     @property
     def dense(self) -> bool:
@@ -123,13 +81,51 @@ def output_plans(manifest: Manifest) -> dict[str, OutputPlan]:
     """Every output a v2 client may ask for, by name, raw outputs first."""
     plans: dict[str, OutputPlan] = {}
     for t in manifest.tasks:
-        plans[t.output] = OutputPlan(t.output, "FP32", list(manifest.output_shape(t.name)), t)
+        plans[t.output] = OutputPlan(
+            t.output, "FP32", list(manifest.output_shape(t.name)), "raw", t
+        )
     for t in manifest.tasks:
-        for d in DECODED.get(t.kind, []):
-            name = f"{t.name}.{d.suffix}"
-            plans[name] = OutputPlan(name, d.datatype, d.shape(t), t, d.fn)
-        plans[f"{t.name}.json"] = OutputPlan(f"{t.name}.json", "BYTES", [1], t, _json_output)
+        kind = get_kind(t.kind)
+        raw_row = manifest.output_shape(t.name)
+        for d in kind.decoded:
+            shape = list(d.row_shape(raw_row))
+            if d.resample is not None:
+                shape[:2] = [-1, -1]
+            name = f"{t.name}.{d.name}"
+            plans[name] = OutputPlan(name, DATATYPES[d.dtype], shape, "tensor", t, tensor=d.name)
+        for x in kind.v2_extra(t):
+            name = f"{t.name}.{x.suffix}"
+            plans[name] = OutputPlan(name, x.datatype, x.shape(t), "extra", t, fn=x.fn)
+        plans[f"{t.name}.json"] = OutputPlan(f"{t.name}.json", "BYTES", [1], "json", t)
+    plans[BOX_OUTPUT] = OutputPlan(BOX_OUTPUT, "INT32", [4], "box")
+    plans[SIZE_OUTPUT] = OutputPlan(SIZE_OUTPUT, "INT32", [2], "size")
     return plans
+
+
+def plan_bytes(
+    p: OutputPlan, geometries: list[Geometry], options: DecodeOptions, binary: bool
+) -> int:
+    """An upper bound on one output's bytes in the response (binary, or JSON ``data``)."""
+    if p.kind == "json":
+        assert p.task is not None
+        body = sum(task_bytes(p.task, g, options) for g in geometries)
+        return body + 4 * len(geometries) if binary else 2 * body + 4 * len(geometries)
+    total = 0
+    for g in geometries:
+        shape = list(p.shape)
+        if p.dense:
+            shape[:2] = target_size(g, options.resolution, options.max_side)
+        elements = math.prod(shape)
+        if p.datatype == "BYTES":
+            total += 4 + 1024 if binary else 2 * 1024
+        elif binary:
+            total += elements * (np.dtype(_NUMPY[p.datatype]).itemsize)
+        else:
+            total += elements * _JSON_ELEMENT.get(p.datatype, 24)
+    return total + 200
+
+
+_NUMPY = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8", "INT32": "int32"}
 
 
 @dataclass
@@ -150,6 +146,14 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    binary_default: bool = True  # outputs not marked otherwise go binary (gRPC: always)
+
+    def binary(self, output: str) -> bool:
+        """Whether ``output`` goes in binary form."""
+        for o in self.outputs or []:
+            if o.name == output and o.binary is not None:
+                return o.binary
+        return self.binary_default
 
 
 @dataclass
@@ -269,23 +273,31 @@ class InferenceProtocol:
         mv = self.model(request.model, request.version)
         manifest = mv.manifest
         plans = output_plans(manifest)
-        wanted = self._requested(request, plans)
+        wanted = [plans[n] for n in self._requested(request, plans)]
         options = self._options(request.parameters)
         batch, geometries = await self._inputs(request.inputs, mv)
-        raw = await mv.batcher.submit({manifest.input.name: batch})  # the one forward pass
-        self.service.metrics.images.labels(mv.name).inc(len(geometries))
-        if any(plans[n].fn is not None for n in wanted):
-            outputs = await self.service.on_cpu(
-                self._decode, [plans[n] for n in wanted], raw, geometries, options
-            )
+        size = sum(plan_bytes(p, geometries, options, request.binary(p.name)) for p in wanted)
+        check_budget(size, self.service.limits.max_response_bytes, _V2_SHRINK)
+        needed: list[str] = []
+        for p in wanted:
+            if p.kind == "raw":
+                needed.append(p.name)
+            elif p.task is not None:
+                needed += task_outputs(p.task)
+        needed = list(dict.fromkeys(needed)) or [manifest.tasks[0].output]
+        raw = await self.service.forward(mv, batch, needed)  # the one forward pass
+        if all(p.kind == "raw" for p in wanted):
+            outputs = [Tensor(p.name, "FP32", raw[p.name]) for p in wanted]
         else:
-            outputs = [Tensor(n, "FP32", raw[n]) for n in wanted]
+            outputs = await self.service.on_cpu(
+                self._decode, wanted, raw, manifest.input, geometries, options
+            )
         return InferResponse(mv.name, str(mv.version), outputs, request.id)
 
     @staticmethod
     def _requested(request: InferRequest, plans: dict[str, OutputPlan]) -> list[str]:
         if not request.outputs:
-            return [p.name for p in plans.values() if p.fn is None]
+            return [p.name for p in plans.values() if p.kind == "raw"]
         names = [o.name for o in request.outputs]
         unknown = [n for n in names if n not in plans]
         if unknown:
@@ -296,15 +308,18 @@ class InferenceProtocol:
 
     @staticmethod
     def _options(parameters: dict[str, Any]) -> DecodeOptions:
-        """Decoding options from request parameters (``resolution``, ``encoding``, ``top_k``)."""
-        res, enc, k = (parameters.get(p) for p in ("resolution", "encoding", "top_k"))
+        """Decoding options from request parameters (``resolution``, ``max_side``, ...)."""
+        res, enc, k, side = (
+            parameters.get(p) for p in ("resolution", "encoding", "top_k", "max_side")
+        )
         if res is not None and not isinstance(res, str):
             raise BadRequest("parameter 'resolution' must be a string")
         if enc is not None and not isinstance(enc, str):
             raise BadRequest("parameter 'encoding' must be a string")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
-            raise BadRequest("parameter 'top_k' must be an integer")
-        return parse_options(enc, res, k)
+        for name, value in (("top_k", k), ("max_side", side)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise BadRequest(f"parameter {name!r} must be an integer")
+        return parse_options(enc, res, k, side)
 
     async def _inputs(
         self, inputs: list[Tensor], mv: ModelVersion
@@ -339,29 +354,72 @@ class InferenceProtocol:
         batch = np.ascontiguousarray(t.array, dtype=np.float32)
         if not np.isfinite(batch).all():
             raise BadRequest(f"input {t.name!r} has NaN or infinite values")
-        hw = (spec.height, spec.width)
-        return batch, [Geometry(hw, hw, (0, 0))] * n
+        return batch, [identity(spec.height, spec.width)] * n
 
     @staticmethod
     def _decode(
         plans: list[OutputPlan],
         raw: dict[str, np.ndarray],
+        spec: Any,
         geometries: list[Geometry],
         options: DecodeOptions,
     ) -> list[Tensor]:
+        tensors: dict[str, Maps] = {}
+        rows: dict[str, list[tuple[Maps, dict[str, Any] | None]]] = {}
+
+        def laid(task: TaskSpec) -> list[tuple[Maps, dict[str, Any] | None]]:
+            if task.name not in rows:
+                batch = tensors.setdefault(task.name, task_tensors(task, raw))
+                rows[task.name] = [
+                    laid_back(task, {k: v[i] for k, v in batch.items()}, g, options)
+                    for i, g in enumerate(geometries)
+                ]
+            return rows[task.name]
+
+        grid = (spec.height, spec.width)
+        whole_grid = options.resolution == "model" and all(
+            g.resized == grid and g.offset == (0, 0) for g in geometries
+        )
         out = []
         for p in plans:
-            y = raw[p.task.output]
-            if p.fn is None:
-                out.append(Tensor(p.name, "FP32", y))
+            if p.kind == "raw":
+                out.append(Tensor(p.name, "FP32", raw[p.name]))
                 continue
-            rows = [p.fn(y[i], p.task, g, options) for i, g in enumerate(geometries)]
-            if len({r.shape for r in rows}) > 1:
+            if p.kind == "box":
+                boxes = np.array([g.box for g in geometries], dtype=np.int32)
+                out.append(Tensor(p.name, "INT32", boxes))
+                continue
+            if p.kind == "size":
+                sizes = [(g.original[1], g.original[0]) for g in geometries]
+                out.append(Tensor(p.name, "INT32", np.array(sizes, dtype=np.int32)))
+                continue
+            task = p.task
+            assert task is not None
+            if p.kind == "tensor" and (whole_grid or not p.dense):
+                batch = tensors.setdefault(task.name, task_tensors(task, raw))
+                out.append(Tensor(p.name, p.datatype, batch[p.tensor]))
+                continue
+            if p.kind == "json":
+                values = [
+                    orjson.dumps(decode_task(task, {k: v[i] for k, v in b.items()}, g, options))
+                    for b in [tensors.setdefault(task.name, task_tensors(task, raw))]
+                    for i, g in enumerate(geometries)
+                ]
+                out.append(Tensor(p.name, "BYTES", np.array(values, dtype=object).reshape(-1, 1)))
+                continue
+            if p.kind == "extra":
+                assert p.fn is not None
+                arrays = [p.fn(maps, task) for maps, _ in laid(task)]
+            else:
+                arrays = [maps[p.tensor] for maps, _ in laid(task)]
+            if len({a.shape for a in arrays}) > 1:
                 raise BadRequest(
                     f"output {p.name!r} follows each image's size and the images differ in "
                     "size: send images of one size, or set the request parameter "
                     "resolution=model"
                 )
-            array = np.stack(rows)
+            array = np.stack(arrays)
+            if p.datatype in _NUMPY:
+                array = array.astype(_NUMPY[p.datatype], copy=False)
             out.append(Tensor(p.name, p.datatype, array))
         return out

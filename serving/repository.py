@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from serving.batching import MicroBatcher, PassThrough
 from serving.errors import BackendUnavailable, ModelLoadError, NotFound
 from serving.manifest import Manifest, ManifestError
 from serving.metrics import Metrics
+
+#: The protocol's name of each NumPy dtype a graph output may have (as backends report them).
+DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +57,9 @@ class ModelVersion:
     batcher: MicroBatcher | PassThrough
     loaded_at: float = field(default_factory=time.time)
 
-    async def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """One batched forward pass over N×3×H×W images; every task's raw output by task name."""
-        out = await self.batcher.submit({self.manifest.input.name: images})
-        return {t.name: out[t.output] for t in self.manifest.tasks}
+    async def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """One batched forward pass over N×3×H×W images; the graph ``outputs`` by ONNX name."""
+        return await self.batcher.submit({self.manifest.input.name: images}, outputs)
 
 
 def check_against_graph(manifest: Manifest, backend: Backend) -> None:
@@ -74,18 +77,23 @@ def check_against_graph(manifest: Manifest, backend: Backend) -> None:
     ):
         raise ModelLoadError(f"graph input shape {shape} does not fit the manifest's {expected}")
     graph_outputs = {o.name: o for o in backend.outputs}
-    missing = [t.output for t in manifest.tasks if t.output not in graph_outputs]
+    expected = manifest.graph_outputs
+    missing = [name for name, _, _ in expected if name not in graph_outputs]
     if missing:
         raise ModelLoadError(
             f"manifest outputs {missing} are not in the graph (it has {sorted(graph_outputs)})"
         )
-    for t in manifest.tasks:
-        got = graph_outputs[t.output].shape[1:]
-        want = manifest.output_shape(t.name)
+    for name, dtype, want in expected:
+        info = graph_outputs[name]
+        got = info.shape[1:]
         if len(got) != len(want) or any(
             g is not None and g != w for g, w in zip(got, want, strict=True)
         ):
-            raise ModelLoadError(f"output {t.output!r}: graph shape {got} but manifest says {want}")
+            raise ModelLoadError(f"output {name!r}: graph shape {got} but manifest says {want}")
+        if info.dtype != DATATYPES[dtype]:
+            raise ModelLoadError(
+                f"output {name!r}: graph type {info.dtype} but manifest says {DATATYPES[dtype]}"
+            )
 
 
 async def open_version(
@@ -130,14 +138,16 @@ async def open_version(
 async def warm_up(manifest: Manifest, backend: Backend, max_batch: int) -> None:
     """Run zero images at batch 1 and at the largest batch; check every output's shape."""
     inp = manifest.input
+    names = [name for name, _, _ in manifest.graph_outputs]
     for n in sorted({1, min(max_batch, manifest.max_batch_size)}):
         x = np.zeros((n, inp.channels, inp.height, inp.width), np.float32)
-        out = await backend.infer({inp.name: x}, manifest.output_names)
-        for t in manifest.tasks:
-            want = (n, *manifest.output_shape(t.name))
-            if tuple(out[t.output].shape) != want:
+        out = await backend.infer({inp.name: x}, names)
+        for name, dtype, shape in manifest.graph_outputs:
+            want = (n, *shape)
+            if tuple(out[name].shape) != want or out[name].dtype != np.dtype(dtype):
                 raise ModelLoadError(
-                    f"warm-up: output {t.output!r} has shape {out[t.output].shape}, expected {want}"
+                    f"warm-up: output {name!r} is {out[name].dtype} {out[name].shape}, "
+                    f"expected {dtype} {want}"
                 )
 
 
@@ -313,14 +323,14 @@ class ModelRepository:
         if getattr(backend, "batches_itself", False):
             # the backend (Triton's dynamic batcher) merges requests: one call per request
             batcher = PassThrough(
-                lambda batch: backend.infer(batch, manifest.output_names),
+                backend.infer,
                 max_batch_size=manifest.max_batch_size,
                 max_in_flight=b.max_queue_size,
                 observer=self.metrics.observer(name),
             )
         else:
             batcher = MicroBatcher(
-                lambda batch: backend.infer(batch, manifest.output_names),
+                backend.infer,
                 max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
                 max_queue_delay_ms=b.max_queue_delay_ms,
                 max_queue_size=b.max_queue_size,

@@ -13,24 +13,30 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.codecs import ENCODINGS
+from serving.decoding import V1_SHRINK, check_budget, decode_predictions, needed_outputs
+from serving.decoding import response_bytes as v1_response_bytes
 from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, PolyheadError
+from serving.geometry import Geometry
+from serving.kinds import DecodeOptions
 from serving.manifest import InputSpec, Manifest, TaskSpec
 from serving.metrics import Metrics
-from serving.postprocess import DecodeOptions, decode
-from serving.preprocess import Geometry, preprocess
+from serving.preprocess import preprocess
 from serving.repository import ModelRepository, ModelVersion
 
 T = TypeVar("T")
 
+#: Default output budget: a response may not exceed this (POLYHEAD_MAX_RESPONSE_BYTES).
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
-class ImageLimits:
-    """What an image may be."""
+class RequestLimits:
+    """What an image may be, and how large a response may get."""
 
     max_pixels: int = 40_000_000
     min_side: int = 8
     max_images: int = 64
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def select_tasks(manifest: Manifest, requested: Sequence[str] | None) -> list[TaskSpec]:
@@ -44,47 +50,15 @@ def select_tasks(manifest: Manifest, requested: Sequence[str] | None) -> list[Ta
     return [known[t] for t in dict.fromkeys(requested)]
 
 
-def parse_options(encoding: str | None, resolution: str | None, top_k: int | None) -> DecodeOptions:
-    """Validated decode options (bad values are a 400 naming the choices)."""
-    enc = encoding or "float16"
-    if enc not in ENCODINGS:
-        raise BadRequest(f"encoding must be one of {', '.join(ENCODINGS)}, got {enc!r}")
-    res = resolution or "original"
-    if res not in ("original", "model"):
-        raise BadRequest(f"resolution must be 'original' or 'model', got {res!r}")
-    k = 5 if top_k is None else top_k
-    if not 1 <= k <= 1000:
-        raise BadRequest(f"top_k must be between 1 and 1000, got {k}")
-    return DecodeOptions(encoding=enc, resolution=res, top_k=k)
-
-
-def prepare_image(data: bytes, spec: InputSpec, limits: ImageLimits) -> tuple[np.ndarray, Geometry]:
+def prepare_image(
+    data: bytes, spec: InputSpec, limits: RequestLimits, fast: bool = True
+) -> tuple[np.ndarray, Geometry]:
     """Encoded image -> (3×H×W model input, geometry), refusing images the limits forbid."""
-    x, g = preprocess(data, spec, limits.max_pixels)
+    x, g = preprocess(data, spec, limits.max_pixels, fast=fast)
     h, w = g.original
     if min(h, w) < limits.min_side:
         raise InvalidImage(f"image is {w}x{h}; each side must be at least {limits.min_side} pixels")
     return x, g
-
-
-def decode_predictions(
-    outputs: dict[str, np.ndarray],
-    tasks: Sequence[TaskSpec],
-    geometries: Sequence[Geometry],
-    options: DecodeOptions,
-) -> list[dict[str, Any]]:
-    """Each image's decoded predictions, as ``/v1`` returns them: width, height and tasks.
-
-    ``outputs`` holds every task's raw output for the batch, by task name, row i for image i.
-    """
-    return [
-        {
-            "width": g.original[1],
-            "height": g.original[0],
-            "tasks": {t.name: decode(outputs[t.name][i], t, g, options) for t in tasks},
-        }
-        for i, g in enumerate(geometries)
-    ]
 
 
 class PredictionService:
@@ -93,7 +67,7 @@ class PredictionService:
     def __init__(
         self,
         repository: ModelRepository,
-        limits: ImageLimits,
+        limits: RequestLimits,
         metrics: Metrics,
         cpu_workers: int = 2,
     ) -> None:
@@ -147,6 +121,14 @@ class PredictionService:
         """Run CPU-bound work (decoding, encoding) on the codec threads."""
         return await self._on_cpu(fn, *args)
 
+    async def forward(
+        self, mv: ModelVersion, batch: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """The one forward pass of a request (through the model's batcher), counted once."""
+        out = await mv.infer(batch, outputs)
+        self.metrics.images.labels(mv.name).inc(len(batch))
+        return out
+
     async def predict(
         self,
         model: str,
@@ -160,9 +142,9 @@ class PredictionService:
         selected = select_tasks(mv.manifest, tasks)
         options = options or DecodeOptions()
         batch, geometries = await self.prepare(images, mv)
-        outputs = await mv.infer(batch)  # the one forward pass
-        self.metrics.images.labels(model).inc(len(images))
-
+        size = v1_response_bytes(selected, geometries, options)
+        check_budget(size, self.limits.max_response_bytes, V1_SHRINK)
+        outputs = await self.forward(mv, batch, needed_outputs(selected))
         predictions = await self._on_cpu(decode_predictions, outputs, selected, geometries, options)
         return {
             "model": mv.name,

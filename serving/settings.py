@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=64)
     min_image_side: int = Field(8, ge=1)
     max_images_per_request: int = Field(64, ge=1)
+    # the output budget: a response that would be larger is refused (413) before decoding
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3)
     api_keys: list[SecretStr] = Field(default_factory=list)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -15,7 +15,7 @@ from serving.backends.factory import BackendFactory, backend_factory_for
 from serving.metrics import Metrics
 from serving.oip import InferenceProtocol
 from serving.repository import BatchingConfig, ModelRepository
-from serving.service import ImageLimits, PredictionService
+from serving.service import PredictionService, RequestLimits
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,11 @@ def create_app(
     )
     service = PredictionService(
         repository,
-        ImageLimits(
-            settings.max_image_pixels, settings.min_image_side, settings.max_images_per_request
+        RequestLimits(
+            settings.max_image_pixels,
+            settings.min_image_side,
+            settings.max_images_per_request,
+            settings.max_response_bytes,
         ),
         metrics,
     )
@@ -82,6 +85,7 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

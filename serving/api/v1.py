@@ -17,9 +17,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from serving.api.deps import Authorized, RepositoryDep, ServiceDep, SettingsDep
+from serving.decoding import parse_options
 from serving.errors import BadRequest, UnsupportedMediaType
+from serving.kinds import get_kind
 from serving.repository import ModelVersion
-from serving.service import parse_options
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Authorized])
 
@@ -80,6 +81,9 @@ def describe(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
                 "threshold": t.threshold,
                 "units": t.units,
                 "output_shape": list(m.output_shape(t.name)),
+                "dense": t.dense,
+                "decoded_in_graph": [d.name for d in t.decoded],
+                "view": get_kind(t.kind).view,
             }
             for t in m.tasks
         ],
@@ -175,11 +179,21 @@ async def predict(
     encoding: Annotated[
         str | None, Query(description="Dense maps: float16 (default), png or json.")
     ] = None,
-    resolution: Annotated[str | None, Query(description="original (default) or model.")] = None,
+    resolution: Annotated[
+        str | None,
+        Query(
+            description="Dense maps at the model's grid (model, the default; each map says the "
+            "box of the image it covers) or at the image's own size (original)."
+        ),
+    ] = None,
+    max_side: Annotated[
+        int | None,
+        Query(description="Maps at the image's size, but their long side at most this."),
+    ] = None,
     top_k: Annotated[int | None, Query(description="Labels returned for classification.")] = None,
 ) -> JSONBytes:
     """Decoded predictions; the model runs once whatever ``tasks`` selects."""
-    options = parse_options(encoding, resolution, top_k)
+    options = parse_options(encoding, resolution, top_k, max_side)
     service.repository.get(name, version)  # unknown model/version: 404 before reading the body
     images = await _read_images(request, settings)
     wanted = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None

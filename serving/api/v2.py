@@ -208,7 +208,7 @@ def parse_infer_request(
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    request = InferRequest(model, version, inputs, outputs, request_id, params)
+    request = InferRequest(model, version, inputs, outputs, request_id, params, binary_default)
     return request, binary_default
 
 

@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-_DTYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int64)": "INT64"}
+_DTYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(uint8)": "UINT8",
+    "tensor(int64)": "INT64",
+}
 
 
 def choose_providers(preferred: tuple[str, ...] | list[str]) -> list[str]:

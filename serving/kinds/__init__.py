@@ -38,9 +38,7 @@ def get_kind(name: str) -> Kind:
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown task kind {name!r}; valid: {', '.join(sorted(KINDS))}"
-        ) from None
+        raise ValueError(f"unknown task kind {name!r}; valid: {', '.join(sorted(KINDS))}") from None
 
 
 def kind_names() -> list[str]:

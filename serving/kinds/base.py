@@ -114,7 +114,9 @@ class Kind:
     def validate(self, task: TaskSpec) -> None:
         """Raise ValueError when ``task`` does not fit this kind."""
         if self.channels is not None and task.channels != self.channels:
-            raise ValueError(f"channels: a {self.name} task has {self.channels}, got {task.channels}")
+            raise ValueError(
+                f"channels: a {self.name} task has {self.channels}, got {task.channels}"
+            )
         if self.max_channels is not None and task.channels > self.max_channels:
             raise ValueError(
                 f"channels: a {self.name} task has at most {self.max_channels}, got {task.channels}"

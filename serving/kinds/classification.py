@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from serving.kinds.base import (
 )
 from serving.manifest import TaskSpec
 
+
 def _top_label(maps: Maps, task: TaskSpec) -> np.ndarray:
     return np.array([labels_of(task)[int(np.argmax(maps["probabilities"]))].encode()], dtype=object)
 
@@ -32,7 +33,7 @@ class Classification(Kind):
     dense = False
     labelled = True
     decoded = (DecodedTensor("probabilities", ("softmax",)),)
-    view = {"draw": "ranked", "items": "top_k"}
+    view: ClassVar[dict[str, Any]] = {"draw": "ranked", "items": "top_k"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None
@@ -42,10 +43,14 @@ class Classification(Kind):
         labels = labels_of(task)
         top = np.argsort(-p, kind="stable")[: max(1, min(options.top_k, len(p)))]
         ranked = [{"label": labels[i], "index": int(i), "probability": float(p[i])} for i in top]
-        return {"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked}
+        return {
+            "label": ranked[0]["label"],
+            "probability": ranked[0]["probability"],
+            "top_k": ranked,
+        }
 
     def response_bytes(self, task: TaskSpec, size: tuple[int, int], options: DecodeOptions) -> int:
-        """k ranked entries."""
+        """K ranked entries."""
         k = min(options.top_k, task.channels)
         return (k + 1) * (60 + max(len(label) for label in labels_of(task)) * 6) + 100
 
@@ -55,7 +60,9 @@ class Classification(Kind):
 
         n = task.name
         ranked = pa.list_(
-            pa.struct([("label", pa.string()), ("index", pa.int32()), ("probability", pa.float64())])
+            pa.struct(
+                [("label", pa.string()), ("index", pa.int32()), ("probability", pa.float64())]
+            )
         )
         return [
             scalar_column(n, "label", pa.string()),
@@ -66,5 +73,3 @@ class Classification(Kind):
     def v2_extra(self, task: TaskSpec) -> tuple[V2Output, ...]:
         """``label``: the top-1 label, BYTES [1]."""
         return (V2Output("label", "BYTES", lambda t: [1], _top_label),)
-
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class Depth(Kind):
     dense = True
     channels = 1
     decoded = (DecodedTensor("depth", ("squeeze_channel", "float16"), "linear"),)
-    view = {"draw": "heat", "map": "map", "stats": ["min", "max", "mean"]}
+    view: ClassVar[dict[str, Any]] = {"draw": "heat", "map": "map", "stats": ["min", "max", "mean"]}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None
@@ -39,7 +39,12 @@ class Depth(Kind):
         depth = maps["depth"]
         d32 = depth.astype(np.float32, copy=False)
         lo, hi = float(d32.min()), float(d32.max())
-        stats = {"min": lo, "max": hi, "mean": float(d32.mean(dtype=np.float64)), "units": task.units}
+        stats = {
+            "min": lo,
+            "max": hi,
+            "mean": float(d32.mean(dtype=np.float64)),
+            "units": task.units,
+        }
         if options.encoding == "png":
             span = hi - lo if hi > lo else 1.0
             q = np.round((d32 - lo) / span * 65535).astype(np.uint16)
@@ -50,7 +55,9 @@ class Depth(Kind):
 
     def response_bytes(self, task: TaskSpec, size: tuple[int, int], options: DecodeOptions) -> int:
         """The map and four numbers."""
-        return map_bytes(size, options.encoding, raw_itemsize=2, png_itemsize=2, integer=False) + 300
+        return (
+            map_bytes(size, options.encoding, raw_itemsize=2, png_itemsize=2, integer=False) + 300
+        )
 
     def columns(self, task: TaskSpec, encoding: str) -> list[Column]:
         """``min``, ``max``, ``mean``, the map's columns (+ ``map_value_min/max`` with PNG)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class Edges(Kind):
     thresholded = True
     channels = 1
     decoded = (DecodedTensor("probability", ("sigmoid", "squeeze_channel", "float16"), "linear"),)
-    view = {"draw": "overlay", "map": "probability"}
+    view: ClassVar[dict[str, Any]] = {"draw": "overlay", "map": "probability"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None
@@ -46,11 +46,17 @@ class Edges(Kind):
             encoded = encode_map(prob, options, placement, png, scale=1 / 255)
         else:
             encoded = encode_map(prob, options, placement)
-        return {"threshold": threshold, "fraction_above_threshold": fraction, "probability": encoded}
+        return {
+            "threshold": threshold,
+            "fraction_above_threshold": fraction,
+            "probability": encoded,
+        }
 
     def response_bytes(self, task: TaskSpec, size: tuple[int, int], options: DecodeOptions) -> int:
         """The map and two numbers."""
-        return map_bytes(size, options.encoding, raw_itemsize=2, png_itemsize=1, integer=False) + 200
+        return (
+            map_bytes(size, options.encoding, raw_itemsize=2, png_itemsize=1, integer=False) + 200
+        )
 
     def columns(self, task: TaskSpec, encoding: str) -> list[Column]:
         """``fraction_above_threshold`` and the probability map's columns."""

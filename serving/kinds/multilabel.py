@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from serving.kinds.base import (
 )
 from serving.manifest import TaskSpec
 
+
 @register
 class Multilabel(Kind):
     """Every label's probability, and the labels over the task's threshold (most probable first)."""
@@ -29,7 +30,7 @@ class Multilabel(Kind):
     labelled = True
     thresholded = True
     decoded = (DecodedTensor("probabilities", ("sigmoid",)),)
-    view = {"draw": "scores", "items": "scores", "threshold": "threshold"}
+    view: ClassVar[dict[str, Any]] = {"draw": "scores", "items": "scores", "threshold": "threshold"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None
@@ -39,7 +40,9 @@ class Multilabel(Kind):
         labels = labels_of(task)
         threshold = threshold_of(task)
         order = np.argsort(-p, kind="stable")
-        present = [{"label": labels[i], "probability": float(p[i])} for i in order if p[i] > threshold]
+        present = [
+            {"label": labels[i], "probability": float(p[i])} for i in order if p[i] > threshold
+        ]
         return {
             "threshold": threshold,
             "labels": present,
@@ -57,4 +60,7 @@ class Multilabel(Kind):
         n = task.name
         label_p = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))
         scores = pa.struct([(label, pa.float64()) for label in labels_of(task)])
-        return [Column(f"{n}.labels", label_p, ("labels",)), Column(f"{n}.scores", scores, ("scores",))]
+        return [
+            Column(f"{n}.labels", label_p, ("labels",)),
+            Column(f"{n}.scores", scores, ("scores",)),
+        ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class Normals(Kind):
     dense = True
     channels = 3
     decoded = (DecodedTensor("normals", ("l2_normalize", "channels_last", "float16"), "linear"),)
-    view = {"draw": "rgb", "map": "map"}
+    view: ClassVar[dict[str, Any]] = {"draw": "rgb", "map": "map"}
 
     def resampled(self, name: str, array: np.ndarray) -> np.ndarray:
         """Interpolated unit vectors are shorter than 1: normalise them again."""

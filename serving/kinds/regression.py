@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from typing import Any, ClassVar
 
 from serving.kinds import register
 from serving.kinds.base import (
@@ -25,7 +24,7 @@ class Regression(Kind):
     name = "regression"
     dense = False
     decoded = (DecodedTensor("values", ()),)  # no ops: the raw output itself
-    view = {"draw": "values", "items": "values"}
+    view: ClassVar[dict[str, Any]] = {"draw": "values", "items": "values"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

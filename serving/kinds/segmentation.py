@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -14,13 +14,14 @@ from serving.kinds.base import (
     DecodeOptions,
     Kind,
     Maps,
-    json_bytes,
     encode_map,
+    json_bytes,
     labels_of,
     map_bytes,
     map_columns,
 )
 from serving.manifest import TaskSpec
+
 
 @register
 class Segmentation(Kind):
@@ -31,7 +32,7 @@ class Segmentation(Kind):
     labelled = True
     max_channels = 256
     decoded = (DecodedTensor("classes", ("argmax",), "nearest"),)
-    view = {"draw": "classes", "map": "map", "legend": "classes"}
+    view: ClassVar[dict[str, Any]] = {"draw": "classes", "map": "map", "legend": "classes"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None
@@ -63,4 +64,7 @@ class Segmentation(Kind):
         classes = pa.list_(
             pa.struct([("index", pa.int32()), ("label", pa.string()), ("share", pa.float64())])
         )
-        return [Column(f"{n}.classes", classes, ("classes",)), *map_columns(n, "map", encoding, True)]
+        return [
+            Column(f"{n}.classes", classes, ("classes",)),
+            *map_columns(n, "map", encoding, True),
+        ]

@@ -30,7 +30,6 @@ from pydantic import (
 FORMAT_VERSION: Literal[1] = 1
 
 
-
 def _kind(name: str) -> Any:
     """The registered serving kind (imported here, lazily: the kinds import this module)."""
     from serving.kinds import get_kind
@@ -230,7 +229,7 @@ class Manifest(_Frozen):
 
     @property
     def graph_outputs(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        """Every ONNX output (name, NumPy dtype, shape without the batch axis): raw, then decoded."""
+        """Every ONNX output (name, NumPy dtype, shape without batch axis): raw, then decoded."""
         raw = [(t.output, "float32", self.output_shape(t.name)) for t in self.tasks]
         return raw + [(d.output, d.dtype, d.shape) for t in self.tasks for d in t.decoded]
 

@@ -97,7 +97,8 @@ def config_from_manifest(
         max_batch_size=m.max_batch_size,
         inputs=(TensorConfig(inp.name, "TYPE_FP32", (inp.channels, inp.height, inp.width)),),
         outputs=tuple(
-            TensorConfig(name, TRITON_DTYPES[dtype], shape) for name, dtype, shape in m.graph_outputs
+            TensorConfig(name, TRITON_DTYPES[dtype], shape)
+            for name, dtype, shape in m.graph_outputs
         ),
         dynamic_batching=DynamicBatching(
             preferred_batch_size=_preferred_sizes(m.max_batch_size),

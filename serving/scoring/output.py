@@ -52,7 +52,7 @@ class RunRecord:
     model: str
     version: int
     tasks: list[str]
-    options: dict[str, Any]  # encoding, resolution, top_k
+    options: dict[str, Any]  # encoding, resolution, max_side, top_k
     shard_size: int
     inputs: int = 0
     inputs_sha256: str = ""

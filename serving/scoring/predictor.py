@@ -1,8 +1,10 @@
 """One scoring worker: read and pre-process files, run a batch, decode it into rows.
 
 The same class runs in the local pipeline and as a Ray Data actor. Pre- and post-processing are
-the API's own functions (``serving.service.prepare_image`` and ``decode_predictions``), so a
-scored row holds exactly what ``/v1`` returns for the same image.
+the API's own functions (``serving.service.prepare_image`` and
+``serving.decoding.decode_predictions``), so a scored row holds exactly what ``/v1`` returns for
+the same image and options. A row whose prediction would exceed the output budget gets an
+error instead (it names the option that shrinks it).
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ import numpy as np
 import pyarrow as pa
 
 from serving.backends.factory import backend_factory_for
+from serving.decoding import (
+    V1_SHRINK,
+    check_budget,
+    decode_predictions,
+    needed_outputs,
+    response_bytes,
+)
 from serving.errors import NotFound, PolyheadError
+from serving.geometry import Geometry
+from serving.kinds import DecodeOptions
 from serving.manifest import Manifest
-from serving.postprocess import DecodeOptions
-from serving.preprocess import Geometry
 from serving.repository import open_version
 from serving.scoring.columns import RowLayout
-from serving.service import ImageLimits, decode_predictions, prepare_image, select_tasks
+from serving.service import DEFAULT_MAX_RESPONSE_BYTES, RequestLimits, prepare_image, select_tasks
 from serving.settings import Settings
 
 log = logging.getLogger("polyhead.score")
@@ -47,17 +56,23 @@ class ScoreOptions:
 
     tasks: tuple[str, ...] | None = None
     encoding: str = "float16"
-    resolution: str = "original"
+    resolution: str = "model"
+    max_side: int | None = None
     top_k: int = 5
     max_image_pixels: int = 40_000_000
     min_image_side: int = 8
     max_file_bytes: int = 256 * 1024 * 1024
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # per row
 
     @property
     def decode(self) -> DecodeOptions:
         """The decode options of the API."""
         return DecodeOptions(
-            encoding=self.encoding, resolution=self.resolution, top_k=self.top_k, binary=True
+            encoding=self.encoding,
+            resolution=self.resolution,
+            max_side=self.max_side,
+            top_k=self.top_k,
+            binary=True,
         )
 
 
@@ -103,7 +118,11 @@ class Predictor:
         self.ref = ref
         self.options = options
         self.settings = Settings(**ref.settings)
-        self.limits = ImageLimits(options.max_image_pixels, options.min_image_side)
+        self.limits = RequestLimits(
+            options.max_image_pixels,
+            options.min_image_side,
+            max_response_bytes=options.max_response_bytes,
+        )
         # One private event loop drives the backend (the Triton client is bound to the loop it
         # was made on); every call to the backend goes through it, from one thread at a time.
         self._loop = asyncio.new_event_loop()
@@ -114,6 +133,7 @@ class Predictor:
             )
         )
         self.tasks = select_tasks(self.manifest, options.tasks)
+        self.outputs = needed_outputs(self.tasks)
         self.layout = RowLayout(self.manifest, self.tasks, options.decode)
         self._io_threads = io_threads or os.cpu_count() or 1
         self._pool: ThreadPoolExecutor | None = None
@@ -137,7 +157,10 @@ class Predictor:
                 raise OSError(f"file is {size} bytes; the limit is {self.options.max_file_bytes}")
             with open(path, "rb") as f:
                 data = f.read()
-            item.x, item.geometry = prepare_image(data, self.manifest.input, self.limits)
+            x, g = prepare_image(data, self.manifest.input, self.limits)
+            size = response_bytes(self.tasks, [g], self.options.decode)
+            check_budget(size, self.limits.max_response_bytes, V1_SHRINK)
+            item.x, item.geometry = x, g
         except PolyheadError as e:
             item.error = e.message
         except OSError as e:
@@ -156,9 +179,7 @@ class Predictor:
         return self._run(self._infer(batch))
 
     async def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        m = self.manifest
-        out = await self.backend.infer({m.input.name: batch}, m.output_names)
-        return {t.name: out[t.output] for t in m.tasks}
+        return await self.backend.infer({self.manifest.input.name: batch}, self.outputs)
 
     def rows(
         self, items: list[Prepared], outputs: dict[str, np.ndarray] | None

@@ -65,6 +65,7 @@ def score(job: ScoreJob, progress_stream: Any = None) -> dict[str, Any]:
             options={
                 "encoding": options.encoding,
                 "resolution": options.resolution,
+                "max_side": options.max_side,
                 "top_k": options.top_k,
             },
             shard_size=job.shard_size,

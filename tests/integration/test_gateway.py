@@ -153,8 +153,16 @@ def test_several_images_multipart_and_json(url):
         for i, p in enumerate(preds):
             assert list(p["tasks"]) == ["background", "semseg"]
             assert (p["width"], p["height"]) == (100 + 10 * i, 90)
-            assert decode_array(p["tasks"]["semseg"]["map"]).shape == (90, 100 + 10 * i)
+            seg = p["tasks"]["semseg"]["map"]
+            assert decode_array(seg).shape == (128, 128)  # the model's grid, by default
+            assert seg["box"] == {"left": 0, "top": 0, "width": 100 + 10 * i, "height": 90}
+            assert seg["image"] == {"width": 100 + 10 * i, "height": 90}
     assert a.json()["predictions"] == b.json()["predictions"]
+    r = httpx.post(
+        f"{url}/v1/models/scenes/predict?tasks=semseg&resolution=original", files=files, timeout=30
+    )
+    for i, p in enumerate(r.json()["predictions"]):
+        assert decode_array(p["tasks"]["semseg"]["map"]).shape == (90, 100 + 10 * i)
 
 
 def test_tasks_filter_and_pinned_version(url):

@@ -234,10 +234,18 @@ def test_image_bytes_decoded_outputs_equal_v1(server):
                 label = r.as_numpy("background.label")[i][0].decode()
                 assert label == v1["predictions"][i]["tasks"]["background"]["label"]
             classes = r.as_numpy("semseg.classes")
-            assert classes.dtype == np.uint8 and classes.shape == (2, 120, 160)
-            assert r.as_numpy("normals.normals").shape == (2, 120, 160, 3)
-            norms = np.linalg.norm(r.as_numpy("normals.normals"), axis=-1)
-            np.testing.assert_allclose(norms, 1.0, atol=1e-3)
+            assert classes.dtype == np.uint8 and classes.shape == (2, 128, 128)  # model grid
+            normals = r.as_numpy("normals.normals")
+            assert normals.dtype == np.float16 and normals.shape == (2, 128, 128, 3)
+            norms = np.linalg.norm(normals.astype(np.float32), axis=-1)
+            np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+            r = c.infer(
+                "scenes",
+                [inp],
+                outputs=[module.InferRequestedOutput("semseg.classes")],
+                parameters={"resolution": "original"},
+            )
+            assert r.as_numpy("semseg.classes").shape == (2, 120, 160)
         finally:
             c.close()
 
@@ -266,8 +274,8 @@ def test_images_of_different_sizes(server):
         inp.set_data_from_numpy(images)
         out = [httpclient.InferRequestedOutput("semseg.classes")]
         with pytest.raises(InferenceServerException, match="resolution=model"):
-            c.infer("scenes", [inp], outputs=out)
-        r = c.infer("scenes", [inp], outputs=out, parameters={"resolution": "model"})
+            c.infer("scenes", [inp], outputs=out, parameters={"resolution": "original"})
+        r = c.infer("scenes", [inp], outputs=out)  # the model's grid: one size for both
         assert r.as_numpy("semseg.classes").shape == (2, 128, 128)
         # image-level and raw outputs do not depend on the size
         r = c.infer("scenes", [inp], outputs=[httpclient.InferRequestedOutput("background.label")])

@@ -12,16 +12,22 @@ class Recorder:
 
     def __init__(self, delay: float = 0.0, fail: bool = False):
         self.batches: list[int] = []
+        self.asked: list[list[str]] = []
         self.delay, self.fail = delay, fail
 
-    async def __call__(self, batch):
+    async def __call__(self, batch, outputs):
         x = batch["x"]
         self.batches.append(x.shape[0])
+        self.asked.append(list(outputs))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:
             raise RuntimeError("boom")
-        return {"y": x * 2, "z": x.sum(axis=1)}
+        every = {"y": x * 2, "z": x.sum(axis=1)}
+        return {k: every[k] for k in outputs}
+
+
+YZ = ["y", "z"]
 
 
 def rows(i, n=1):
@@ -36,7 +42,7 @@ def test_each_request_gets_exactly_its_rows():
     async def main():
         rec = Recorder(delay=0.01)
         b = MicroBatcher(rec, max_batch_size=8, max_queue_delay_ms=5, max_queue_size=100)
-        outs = await asyncio.gather(*(b.submit(rows(i, n=1 + i % 3)) for i in range(40)))
+        outs = await asyncio.gather(*(b.submit(rows(i, n=1 + i % 3), YZ) for i in range(40)))
         await b.stop()
         return rec, outs
 
@@ -56,7 +62,7 @@ def test_lone_request_is_not_delayed():
         b = MicroBatcher(rec, max_batch_size=8, max_queue_delay_ms=500)
         loop = asyncio.get_running_loop()
         t = loop.time()
-        await b.submit(rows(1))
+        await b.submit(rows(1), YZ)
         elapsed = loop.time() - t
         await b.stop()
         return elapsed
@@ -69,7 +75,7 @@ def test_requests_larger_than_a_batch_are_split_and_reassembled():
         rec = Recorder()
         b = MicroBatcher(rec, max_batch_size=4, max_queue_delay_ms=1)
         x = {"x": np.arange(30, dtype=float).reshape(10, 3)}
-        out = await b.submit(x)
+        out = await b.submit(x, YZ)
         await b.stop()
         return rec, x, out
 
@@ -83,7 +89,7 @@ def test_full_queue_refuses_at_once_with_retry_after():
         rec = Recorder(delay=0.2)
         b = MicroBatcher(rec, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
         results = await asyncio.gather(
-            *(b.submit(rows(i)) for i in range(8)), return_exceptions=True
+            *(b.submit(rows(i), YZ) for i in range(8)), return_exceptions=True
         )
         await b.stop()
         return results
@@ -101,10 +107,10 @@ def test_an_exception_reaches_every_waiting_request_and_the_batcher_survives():
         rec = Recorder(delay=0.01, fail=True)
         b = MicroBatcher(rec, max_batch_size=8, max_queue_delay_ms=5)
         results = await asyncio.gather(
-            *(b.submit(rows(i)) for i in range(5)), return_exceptions=True
+            *(b.submit(rows(i), YZ) for i in range(5)), return_exceptions=True
         )
         rec.fail = False
-        after = await b.submit(rows(7))
+        after = await b.submit(rows(7), YZ)
         await b.stop()
         return results, after
 
@@ -117,9 +123,9 @@ def test_cancelled_caller_does_not_break_others():
     async def main():
         rec = Recorder(delay=0.05)
         b = MicroBatcher(rec, max_batch_size=2, max_queue_delay_ms=1)
-        first = asyncio.ensure_future(b.submit(rows(1)))
-        doomed = asyncio.ensure_future(b.submit(rows(2)))
-        keep = asyncio.ensure_future(b.submit(rows(3)))
+        first = asyncio.ensure_future(b.submit(rows(1), YZ))
+        doomed = asyncio.ensure_future(b.submit(rows(2), YZ))
+        keep = asyncio.ensure_future(b.submit(rows(3), YZ))
         await asyncio.sleep(0)
         doomed.cancel()
         out = await asyncio.gather(first, keep)
@@ -141,3 +147,22 @@ def test_cancelled_caller_does_not_break_others():
 def test_arguments_are_validated_eagerly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MicroBatcher(Recorder(), **kwargs)
+
+
+def test_a_batch_fetches_the_union_of_its_requests_outputs():
+    async def main():
+        rec = Recorder(delay=0.01)
+        b = MicroBatcher(rec, max_batch_size=8, max_queue_delay_ms=20, max_queue_size=100)
+        first = asyncio.ensure_future(b.submit(rows(0), ["y"]))
+        await asyncio.sleep(0)  # the first goes alone; the next three share a batch
+        outs = await asyncio.gather(
+            b.submit(rows(1), ["y"]), b.submit(rows(2), ["z"]), b.submit(rows(3), ["z", "y"])
+        )
+        await first
+        await b.stop()
+        return rec, outs
+
+    rec, outs = run(main())
+    assert rec.asked[0] == ["y"] and rec.asked[1] == ["y", "z"] and rec.batches[1] == 3
+    assert set(outs[0]) == {"y"} and set(outs[1]) == {"z"} and list(outs[2]) == ["z", "y"]
+    assert (outs[1]["z"] == 6).all() and (outs[2]["y"] == 6).all()

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from serving.manifest import TASK_KINDS, Manifest, ManifestError
+from serving.kinds import KINDS
+from serving.manifest import Manifest, ManifestError
 
 
 def valid() -> dict:
@@ -129,11 +130,30 @@ def test_unknown_task_lists_tasks():
         Manifest.parse(valid()).task("x")
 
 
-def test_kind_table_matches_training_kinds():
+def test_every_training_kind_has_a_serving_kind():
     pytest.importorskip("torch")
     from training.tasks import TASK_KINDS as TRAINED
 
     for kind in TRAINED.names():
-        assert kind in TASK_KINDS, f"training kind {kind} missing from the manifest contract"
-        dense = TRAINED.get(kind).dense
-        assert (TASK_KINDS[kind] == "dense") == dense
+        assert kind in KINDS, f"training kind {kind} has no module in serving/kinds"
+        assert KINDS[kind].dense == TRAINED.get(kind).dense
+
+
+def test_decoded_outputs_are_checked_against_the_kind():
+    raw = valid()
+    seg = raw["tasks"][0]
+    assert seg["kind"] == "segmentation"
+    seg["decoded"] = [{"name": "classes", "output": "semseg.classes", "dtype": "uint8", "shape": [64, 96]}]
+    m = Manifest.parse(raw)
+    assert m.tasks[0].decoded_output("classes") == "semseg.classes"
+    assert ("semseg.classes", "uint8", (64, 96)) in m.graph_outputs
+    for bad, message in [
+        ({"dtype": "float16"}, "dtype is uint8"),
+        ({"shape": [64, 95]}, "expected \\[64, 96\\]"),
+        ({"name": "depth"}, "no decoded output 'depth'"),
+        ({"output": raw["tasks"][1]["output"]}, "duplicate task outputs"),
+    ]:
+        broken = valid()
+        broken["tasks"][0]["decoded"] = [{**seg["decoded"][0], **bad}]
+        with pytest.raises(ManifestError, match=message):
+            Manifest.parse(broken)
