@@ -309,9 +309,9 @@ def score(
     import json
     import sys
 
+    from serving.decoding import parse_options
     from serving.scoring import IMAGE_EXTENSIONS, ScoreJob, ScoreOptions
     from serving.scoring import score as run_score
-    from serving.decoding import parse_options
 
     settings = _settings(
         env_file,

@@ -33,15 +33,26 @@ _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """Decoded RGB pixels, perhaps at reduced size, and the image's full size (W, H)."""
+    """Decoded RGB pixels, perhaps at reduced size, and the image's full size (W, H).
+
+    ``extent`` is how many of ``image``'s pixels the original spans, (x, y): the image size,
+    unless a box reduction by a factor that does not divide it left a partial last pixel.
+    """
 
     image: Image.Image
     original: tuple[int, int]  # (W, H) after EXIF orientation
+    extent: tuple[float, float] | None = None
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """The original's extent in ``image``'s pixels."""
+        return self.extent or (float(self.image.width), float(self.image.height))
 
     @property
     def scale(self) -> tuple[float, float]:
         """Original pixels per decoded pixel, (x, y): 1 unless decoded at reduced size."""
-        return (self.original[0] / self.image.width, self.original[1] / self.image.height)
+        x, y = self.span
+        return (self.original[0] / x, self.original[1] / y)
 
 
 def needed_size(spec: InputSpec, width: int, height: int) -> tuple[int, int]:
@@ -142,12 +153,29 @@ def _fit(
     )
 
 
+def _reduced(decoded: DecodedImage, spec: InputSpec) -> DecodedImage:
+    """Box-reduce by whole factors while the image stays at least what the model needs.
+
+    Pillow's ``reduce`` on the decoded image, before it becomes a NumPy array: a 40-megapixel
+    PNG is never copied at full size (memory stays at one decoded image per thread).
+    """
+    img = decoded.image
+    nw, nh = needed_size(spec, img.width, img.height)
+    mx, my = img.width // nw, img.height // nh
+    if mx < 2 and my < 2:
+        return decoded
+    mx, my = max(mx, 1), max(my, 1)
+    x, y = decoded.span
+    return DecodedImage(img.reduce((mx, my)), decoded.original, (x / mx, y / my))
+
+
 def resize_for_model(decoded: DecodedImage, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
     """Resize per the manifest's policy; returns H×W×3 uint8 at model size and the geometry."""
     H, W = spec.height, spec.width
     w, h = decoded.original
+    decoded = _reduced(decoded, spec)
     pixels = np.asarray(decoded.image)
-    whole = (0.0, 0.0, float(pixels.shape[1]), float(pixels.shape[0]))
+    whole = (0.0, 0.0, *decoded.span)
     if spec.resize == "stretch":
         return _fit(pixels, whole, (W, H)), Geometry((h, w), (H, W), (0, 0))
     if spec.resize == "letterbox":

@@ -77,13 +77,13 @@ def check_against_graph(manifest: Manifest, backend: Backend) -> None:
     ):
         raise ModelLoadError(f"graph input shape {shape} does not fit the manifest's {expected}")
     graph_outputs = {o.name: o for o in backend.outputs}
-    expected = manifest.graph_outputs
-    missing = [name for name, _, _ in expected if name not in graph_outputs]
+    wanted = manifest.graph_outputs
+    missing = [name for name, _, _ in wanted if name not in graph_outputs]
     if missing:
         raise ModelLoadError(
             f"manifest outputs {missing} are not in the graph (it has {sorted(graph_outputs)})"
         )
-    for name, dtype, want in expected:
+    for name, dtype, want in wanted:
         info = graph_outputs[name]
         got = info.shape[1:]
         if len(got) != len(want) or any(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from training.errors import ConfigError
 from training.evaluate import Metrics, PrimaryMetric
+
+if TYPE_CHECKING:
+    from training.onnx_checks import Agreement
 
 log = logging.getLogger(__name__)
 
@@ -189,18 +192,63 @@ def _evaluate_exported(
     return evaluate_predictor(predict, tasks, dataset, batch_size), tasks, version_dir
 
 
-def export(run: Path, repo: Path, name: str, data: Path | None, split: str | None) -> None:
-    """Export a run to ONNX, check it, and publish it as the next version."""
+def export(
+    run: Path | None,
+    repo: Path | None,
+    name: str | None,
+    data: Path | None,
+    split: str | None,
+    upgrade: Path | None = None,
+) -> None:
+    """Export a run to ONNX, check it, and publish it as the next version (or ``--upgrade``)."""
+    if upgrade is not None:
+        options = {"--run": run, "--repo": repo, "--name": name, "--data": data, "--split": split}
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise ConfigError(
+                f"--upgrade publishes next to the version it upgrades; drop {', '.join(given)}"
+            )
+        _export_upgrade(upgrade)
+        return
+    if run is None:
+        raise ConfigError(
+            "give --run RUN_DIR to export a run, or --upgrade REPO/NAME/VERSION to add decoded "
+            "outputs to a published version"
+        )
     from training.evaluate import format_table
     from training.export import export_run
 
+    repo, name = repo or Path("model_repo"), name or "scenes"
     result = export_run(run, repo, name, data_root=data, split=split)
     typer.echo(
         "parity vs PyTorch (max abs error): "
         + ", ".join(f"{k}={v:.2e}" for k, v in result.max_abs_error.items())
     )
+    _echo_decoded(result.decoded)
     typer.echo(format_table(result.manifest.metrics))
     typer.echo(f"published {result.path} (version {result.version})")
+
+
+def _export_upgrade(version_dir: Path) -> None:
+    from training.upgrade import publish_upgrade
+
+    version, path, result = publish_upgrade(version_dir)
+    typer.echo(
+        "raw outputs vs the original graph (max abs difference): "
+        + ", ".join(f"{k}={v:.2e}" for k, v in result.raw_max_abs_diff.items())
+    )
+    _echo_decoded(result.decoded)
+    typer.echo(f"published {path} (version {version}, upgraded from {version_dir})")
+
+
+def _echo_decoded(decoded: dict[str, Agreement]) -> None:
+    typer.echo(
+        "decoded outputs vs the CPU decoders (max abs error, differing values at exact ties "
+        "or within tolerance): "
+        + ", ".join(
+            f"{k}={a.max_abs_error:.2e} ({a.differing}/{a.values})" for k, a in decoded.items()
+        )
+    )
 
 
 def list_registry(what: str) -> list[tuple[str, str]]:

@@ -5,17 +5,20 @@ Checks, in order (any failure aborts before anything is published):
 2. one self-contained file: no external-data side file;
 3. input and outputs exactly as the contract says: ``image`` [N,3,H,W] with a dynamic batch
    axis and one output per task named after the task, batch axis first;
-4. parity: ONNX Runtime (CPU) and PyTorch agree on random inputs at batch 1 and 4 and on real
+4. each task kind's decoded outputs are appended to the graph (``training.graph_decoding``), and
+   1-3 run again: the outputs are now the raw ones, then the decoded ones ``TASK.TENSOR``;
+5. parity: ONNX Runtime (CPU) and PyTorch agree on random inputs at batch 1 and 4 and on real
    images, elementwise ``|ort - torch| <= atol + rtol * |torch|`` (defaults atol 1e-4, rtol 1e-3:
    float32 kernels differ in summation order, well below anything that changes a decoded
    prediction);
-5. the exported graph is evaluated on the test split with ONNX Runtime, and those metrics go
+6. on the same inputs, every decoded output equals the CPU decoder (``serving.kinds.ops``) run
+   on the graph's raw output (``training.onnx_checks.check_decoded``);
+7. the exported graph is evaluated on the test split with ONNX Runtime, and those metrics go
    into the manifest (so ``polyhead evaluate --model`` reproduces them).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import warnings
@@ -32,13 +35,14 @@ from serving.manifest import InputSpec, Manifest, Provenance, TaskSpec
 from training.data.folder import FolderDataset
 from training.errors import ExportError
 from training.evaluate import Metrics, evaluate_predictor, onnx_predictor
-from training.publish import MODEL_FILE, discard, publish_version, staging_dir
+from training.graph_decoding import append_decoded_outputs_file, decoded_names
+from training.onnx_checks import INPUT_NAME, Agreement, check_decoded, check_onnx
+from training.publish import MODEL_FILE, discard, file_sha256, publish_version, staging_dir
 from training.runs import Run, load_run
 from training.tasks import TaskKind
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
 _DEFAULT_THRESHOLD_KINDS = {"edges", "multilabel"}
 _UNITS = {"depth": "m"}
 
@@ -57,12 +61,13 @@ class _TupleOutputs(nn.Module):
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What was published and how closely it matched PyTorch."""
+    """What was published; how its raw outputs matched PyTorch, its decoded ones the CPU's."""
 
     version: int
     path: Path
     manifest: Manifest
     max_abs_error: dict[str, float]
+    decoded: dict[str, Agreement]
 
 
 def export_onnx(
@@ -85,32 +90,6 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-
-
-def check_onnx(path: Path, names: list[str], size: tuple[int, int]) -> None:
-    """Checker, single file, and the input/output contract."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"ONNX checker rejected the export: {e}") from e
-    side_files = [
-        p.name for p in path.parent.iterdir() if p.name != path.name and not p.name.startswith(".")
-    ]
-    if side_files:
-        raise ExportError(f"export wrote side files {side_files}; expected one self-contained file")
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inputs = [i.name for i in graph.input]
-    outputs = [o.name for o in graph.output]
-    if inputs != [INPUT_NAME]:
-        raise ExportError(f"ONNX inputs are {inputs}, expected [{INPUT_NAME!r}]")
-    if outputs != names:
-        raise ExportError(f"ONNX outputs are {outputs}, expected the tasks {names}")
-    dims = graph.input[0].type.tensor_type.shape.dim
-    shape = [d.dim_param or d.dim_value for d in dims]
-    if not isinstance(shape[0], str) or shape[1:] != [3, *size]:
-        raise ExportError(f"ONNX input shape {shape}, expected [batch, 3, {size[0]}, {size[1]}]")
 
 
 def check_parity(
@@ -170,14 +149,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_run(
     run_dir: str | Path,
     repo: str | Path,
@@ -202,22 +173,23 @@ def export_run(
     staged = staging_dir(Path(repo), name)
     try:
         onnx_path = staged / MODEL_FILE
-        export_onnx(model, names, run.input_size, onnx_path, cfg.export.opset)
-        check_onnx(onnx_path, names, run.input_size)
+        tasks = export_with_decoded(model, names, run, onnx_path)
         inputs = _parity_inputs(dataset, run.input_size, real_batches)
         errors = check_parity(model, names, onnx_path, inputs, cfg.export.atol, cfg.export.rtol)
         log.info("parity ok: max abs error %s", errors)
+        decoded = check_decoded(onnx_path, tasks, [x.numpy() for x in inputs])
+        log.info("decoded outputs agree with the CPU decoders: %s", decoded)
         metrics = evaluate_predictor(
             onnx_predictor(onnx_path, {n: n for n in names}),
             run.tasks,
             dataset,
             cfg.run.eval_batch_size,
         )
-        sha, opset = _sha256(onnx_path), cfg.export.opset
+        sha, opset = file_sha256(onnx_path), cfg.export.opset
         data = {**run.dataset, "root": str(root), "split": split, "images": len(dataset)}
 
         def make_manifest(version: int) -> Manifest:
-            return build_manifest(run, name, version, metrics, sha, opset, data)
+            return build_manifest(run, name, version, tasks, metrics, sha, opset, data)
 
         trt = cfg.export.tensorrt
         version, path = publish_version(
@@ -232,7 +204,20 @@ def export_run(
     except BaseException:
         discard(staged)
         raise
-    return ExportResult(version, path, Manifest.load(path / "manifest.json"), errors)
+    return ExportResult(version, path, Manifest.load(path / "manifest.json"), errors, decoded)
+
+
+def export_with_decoded(model: nn.Module, names: list[str], run: Run, path: Path) -> list[TaskSpec]:
+    """Export ``model`` to ``path``, append the decoded outputs, check both graphs.
+
+    Returns:
+        The manifest's tasks, listing their decoded outputs.
+    """
+    export_onnx(model, names, run.input_size, path, run.config.export.opset)
+    check_onnx(path, names, run.input_size)
+    tasks = append_decoded_outputs_file(path, path, [task_spec(t) for t in run.tasks])
+    check_onnx(path, names, run.input_size, decoded_names(tasks))
+    return tasks
 
 
 def _parity_inputs(
@@ -250,12 +235,13 @@ def build_manifest(
     run: Run,
     name: str,
     version: int,
+    tasks: list[TaskSpec],
     metrics: Metrics,
     sha256: str,
     opset: int,
     data: dict[str, Any],
 ) -> Manifest:
-    """The manifest of an exported run."""
+    """The manifest of an exported run (``tasks`` as :func:`export_with_decoded` returns them)."""
     import training
 
     cfg = run.config
@@ -264,7 +250,7 @@ def build_manifest(
         name=name,
         version=version,
         input=InputSpec(name=INPUT_NAME, height=h, width=w, mean=cfg.data.mean, std=cfg.data.std),
-        tasks=[task_spec(t) for t in run.tasks],
+        tasks=tasks,
         max_batch_size=cfg.export.max_batch_size,
         metrics=metrics,
         provenance=Provenance(

@@ -9,6 +9,7 @@ then regenerated from the new manifest and replaced atomically too.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -30,6 +31,15 @@ def existing_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (the manifest's ``onnx_sha256``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def staging_dir(repo: Path, name: str) -> Path:

@@ -21,7 +21,7 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _polyhead(request: Request, exc: Exception) -> JSONResponse:
+async def _polyhead(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PolyheadError)
     headers = None
     if isinstance(exc, Overloaded):
@@ -31,7 +31,7 @@ def _polyhead(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, headers)
 
 
-def _validation(request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
     for err in exc.errors():
@@ -40,12 +40,12 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "invalid request: " + "; ".join(parts))
 
 
-def _http(request: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error")
 

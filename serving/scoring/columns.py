@@ -7,7 +7,7 @@ which (``Kind.columns`` in ``serving.kinds``):
 
 | kind | columns |
 |---|---|
-| segmentation | ``classes`` (list of {index, label, share}), ``map`` + its ``_shape``, ``_box``, ``_image`` |
+| segmentation | ``classes`` (list of {index, label, share}), ``map`` |
 | depth | ``min``, ``max``, ``mean``, ``map`` (+ ``map_value_min/max`` with PNG) |
 | normals | ``map`` |
 | edges, saliency | ``fraction_above_threshold``, ``probability`` |
@@ -16,8 +16,9 @@ which (``Kind.columns`` in ``serving.kinds``):
 | regression | ``values`` |
 
 Dense maps are the bytes the API would base64 (a PNG file, or little-endian float16 / uint8
-values), or, with the json encoding, the flattened values; with them their shape, the box of
-the image they cover and the image's size. What is the same for every row (kind, units,
+values), or, with the json encoding, the flattened values; beside each, ``FIELD_shape``,
+``FIELD_box`` (left, top, width, height of the image it covers) and ``FIELD_image`` (the
+image's width and height). What is the same for every row (kind, units,
 thresholds, labels, each map's encoding and dtype) is stored once, in the file's metadata
 (``polyhead.template``): :func:`prediction_from_row` puts a row back together into exactly the
 JSON ``/v1`` returns.

@@ -8,8 +8,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from serving.kinds import get_kind, ops
 from serving.manifest import Manifest
-from serving.manifest.triton_config import load_config
+from serving.manifest.triton_config import TRITON_DTYPES, load_config
 from tests.conftest import ROOT, polyhead_cmd
 
 pytestmark = pytest.mark.slow
@@ -108,9 +109,19 @@ def test_export_publishes_versions_with_contract(pipeline):
         assert m.task_names == ["semseg", "depth", "normals", "edges", "shapes", "background"]
         assert set(m.metrics) == set(m.task_names)
         assert len(m.provenance.onnx_sha256) == 64
+        for t in m.tasks:  # every decoded tensor with ops is in the graph
+            tensors = [d.name for d in get_kind(t.kind).decoded if d.ops]
+            assert [(d.name, d.output) for d in t.decoded] == [
+                (n, f"{t.name}.{n}") for n in tensors
+            ]
     config = load_config(repo / "smoke" / "config.pbtxt")
     assert config.platform == "onnxruntime_onnx"
-    assert [o.name for o in config.outputs] == m.output_names
+    # raw outputs first, in task order, then the decoded ones
+    assert [o.name for o in config.outputs[: len(m.tasks)]] == m.output_names
+    assert [(o.name, o.data_type, o.dims) for o in config.outputs] == [
+        (name, TRITON_DTYPES[dtype], shape) for name, dtype, shape in m.graph_outputs
+    ]
+    assert {o.data_type for o in config.outputs} == {"TYPE_FP32", "TYPE_FP16", "TYPE_UINT8"}
     # readable by a server running as another user (Triton containers, non-root gateways)
     for path in (
         repo / "smoke" / "1",
@@ -132,12 +143,46 @@ def test_exported_onnx_matches_manifest_and_runs_any_batch(pipeline):
     assert [f.name for f in version.iterdir()] == sorted([f.name for f in version.iterdir()])
     assert sorted(f.name for f in version.iterdir()) == ["manifest.json", "model.onnx"]
     sess = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == m.output_names
+    names = [o.name for o in sess.get_outputs()]
+    assert names[: len(m.tasks)] == m.output_names  # raw first, then decoded
+    assert names == [name for name, _, _ in m.graph_outputs]
     for batch in (1, 3, 5):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        outs = sess.run(None, {"image": x})
-        for task, o in zip(m.tasks, outs, strict=True):
-            assert o.shape == (batch, *m.output_shape(task.name))
+        outs = dict(zip(names, sess.run(None, {"image": x}), strict=True))
+        for name, dtype, shape in m.graph_outputs:
+            assert outs[name].dtype == np.dtype(dtype) and outs[name].shape == (batch, *shape)
+        for task in m.tasks:
+            for d in task.decoded:
+                steps = get_kind(task.kind).tensor(d.name).ops
+                want = ops.apply(steps, outs[task.output])
+                if want.dtype == np.uint8:  # class maps: identical except at exact ties
+                    scores = ops.apply(steps[: steps.index("argmax")], outs[task.output])
+                    top = np.sort(scores, axis=1)
+                    free = top[:, -1] == top[:, -2]
+                    assert np.array_equal(outs[d.output][~free], want[~free]), d.output
+                else:
+                    np.testing.assert_allclose(
+                        outs[d.output].astype(np.float32), want, rtol=0, atol=1e-3
+                    )
+
+
+def test_upgrading_a_version_that_has_decoded_outputs_is_refused(pipeline, cli_env):
+    work, _, repo, _ = pipeline
+    result = subprocess.run(
+        [*polyhead_cmd(), "export", "--upgrade", str(repo / "smoke" / "1")],
+        cwd=work,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {repo / 'smoke' / '1'} already has decoded outputs "
+        "(tasks ['semseg', 'depth', 'normals', 'edges', 'shapes', 'background']): "
+        "nothing to upgrade"
+    ]
+    assert sorted(p.name for p in (repo / "smoke").iterdir()) == ["1", "2", "config.pbtxt"]
 
 
 def test_evaluate_exported_model_reproduces_manifest_metrics(pipeline, cli_env):

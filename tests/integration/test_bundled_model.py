@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from serving.kinds import get_kind, ops
 from serving.manifest import Manifest
 from serving.manifest.triton_config import config_from_manifest, load_config
 from tests.conftest import ROOT, polyhead_cmd
@@ -29,11 +30,35 @@ def test_bundled_model_loads_and_outputs_are_the_manifest_tasks(manifest):
     onnx.checker.check_model(str(VERSION / "model.onnx"), full_check=True)
     sess = ort.InferenceSession(str(VERSION / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == [manifest.input.name]
-    assert [o.name for o in sess.get_outputs()] == manifest.output_names
+    names = [o.name for o in sess.get_outputs()]
+    # raw outputs first, in task order, then the decoded outputs the manifest lists
+    assert names[: len(manifest.tasks)] == manifest.output_names
+    assert names == [name for name, _, _ in manifest.graph_outputs]
     assert manifest.task_names == ["semseg", "depth", "normals", "edges", "shapes", "background"]
     x = np.zeros((2, 3, manifest.input.height, manifest.input.width), np.float32)
-    for task, out in zip(manifest.tasks, sess.run(None, {"image": x}), strict=True):
-        assert out.shape == (2, *manifest.output_shape(task.name))
+    outs = dict(zip(names, sess.run(None, {"image": x}), strict=True))
+    for name, dtype, shape in manifest.graph_outputs:
+        assert outs[name].dtype == np.dtype(dtype) and outs[name].shape == (2, *shape), name
+
+
+def test_bundled_model_decodes_in_the_graph_as_the_cpu_decoders_do(manifest):
+    for task in manifest.tasks:  # every decoded tensor with ops is in the graph
+        tensors = [d.name for d in get_kind(task.kind).decoded if d.ops]
+        assert [d.name for d in task.decoded] == tensors, task.name
+    sess = ort.InferenceSession(str(VERSION / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    x = np.random.default_rng(0).standard_normal(
+        (3, 3, manifest.input.height, manifest.input.width), dtype=np.float32
+    )
+    outs = dict(zip(names, sess.run(None, {"image": x}), strict=True))
+    for task in manifest.tasks:
+        for d in task.decoded:
+            want = ops.apply(get_kind(task.kind).tensor(d.name).ops, outs[task.output])
+            got = outs[d.output]
+            if got.dtype == np.uint8:  # no exact ties in a trained model's logits here
+                assert np.array_equal(got, want), d.output
+            else:
+                np.testing.assert_allclose(got.astype(np.float32), want, rtol=0, atol=1e-3)
 
 
 def test_bundled_config_pbtxt_is_generated_from_the_manifest(manifest):

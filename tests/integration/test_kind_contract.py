@@ -11,6 +11,7 @@ a response over the output budget is a 413 (gRPC RESOURCE_EXHAUSTED, an error ro
 from __future__ import annotations
 
 import io
+import os
 
 import httpx
 import numpy as np
@@ -34,6 +35,7 @@ KIND_NAMES = sorted(KINDS)
 HW = (48, 64)
 TASKS = [task_of(k, name=f"t_{k}") for k in KIND_NAMES]
 BUDGET = 4 * 1024 * 1024
+NULL = open(os.devnull, "w")  # noqa: SIM115 - the scoring progress line, for the whole module
 
 
 def photo(w: int, h: int, seed: int, fmt: str = "JPEG") -> bytes:
@@ -200,8 +202,8 @@ def test_scored_rows_equal_v1(gateway, repo, tmp_path):
                     version=version,
                     options=options,
                 ),
-                progress_stream=open("/dev/null", "w"),
-            )  # noqa: SIM115
+                progress_stream=NULL,
+            )
             table = pq.read_table(out)
             for row in table.to_pylist():
                 image = (folder / row["id"]).read_bytes()
@@ -267,7 +269,7 @@ def test_a_response_over_the_budget_is_413_on_every_route(gateway, repo, tmp_pat
             output=out,
             options=ScoreOptions(resolution="original", max_response_bytes=BUDGET),
         ),
-        progress_stream=open("/dev/null", "w"),  # noqa: SIM115
+        progress_stream=NULL,
     )
     assert summary["errors"] == 1
     rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}

@@ -1,5 +1,6 @@
 import pytest
 
+from serving.kinds import get_kind
 from serving.manifest import Manifest
 from serving.manifest.triton_config import (
     DynamicBatching,
@@ -24,6 +25,37 @@ def test_config_from_manifest_dims_per_kind():
         TensorConfig("tags", "TYPE_FP32", (2,)),
     )
     assert c.dynamic_batching == DynamicBatching((4, 8), 500)
+
+
+def with_decoded(raw: dict) -> dict:
+    """``raw`` with every decoded output an export appends to the graph listed in its tasks."""
+    m = Manifest.parse(raw)
+    for t in raw["tasks"]:
+        row = m.output_shape(t["name"])
+        t["decoded"] = [
+            {
+                "name": d.name,
+                "output": f"{t['name']}.{d.name}",
+                "dtype": d.dtype,
+                "shape": list(d.row_shape(row)),
+            }
+            for d in get_kind(t["kind"]).decoded
+            if d.ops
+        ]
+    return raw
+
+
+def test_decoded_outputs_follow_the_raw_ones_with_their_types():
+    c = config_from_manifest(Manifest.parse(with_decoded(valid())))
+    assert c.outputs == (
+        TensorConfig("semseg", "TYPE_FP32", (3, 64, 96)),
+        TensorConfig("depth", "TYPE_FP32", (1, 64, 96)),
+        TensorConfig("tags", "TYPE_FP32", (2,)),
+        TensorConfig("semseg.classes", "TYPE_UINT8", (64, 96)),
+        TensorConfig("depth.depth", "TYPE_FP16", (64, 96)),
+        TensorConfig("tags.probabilities", "TYPE_FP32", (2,)),
+    )
+    assert parse_pbtxt(to_pbtxt(c)) == c
 
 
 def test_round_trip_field_by_field():
