@@ -28,7 +28,7 @@ $(TRITON_VENV)/bin/python:
 	$(PYTHON) -m venv $(TRITON_VENV)
 
 install-triton-test: $(TRITON_VENV)/bin/python
-	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton==0.7.0 onnxruntime
+	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton==0.7.0 onnxruntime pillow
 
 serve: install-serve
 	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)

@@ -38,6 +38,7 @@ from serving.kinds import DecodeOptions, get_kind
 from serving.kinds.base import Maps
 from serving.kinds.maps import target_size
 from serving.manifest import Manifest, TaskSpec
+from serving.manifest.triton_config import TRITON_DTYPES
 from serving.repository import DATATYPES, ModelVersion
 from serving.service import PredictionService
 from serving.tensors import Tensor
@@ -234,7 +235,7 @@ class InferenceProtocol:
         }
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
-        """Triton's model configuration (JSON form) of the raw model."""
+        """Triton's model configuration (JSON form) of the graph: its raw and decoded outputs."""
         mv = self.model(name, version)
         m = mv.manifest
         inp = m.input
@@ -246,8 +247,8 @@ class InferenceProtocol:
                 {"name": inp.name, "data_type": "TYPE_FP32", "dims": [3, inp.height, inp.width]}
             ],
             "output": [
-                {"name": t.output, "data_type": "TYPE_FP32", "dims": list(m.output_shape(t.name))}
-                for t in m.tasks
+                {"name": name, "data_type": TRITON_DTYPES[dtype], "dims": list(shape)}
+                for name, dtype, shape in m.graph_outputs
             ],
             "dynamic_batching": {
                 "max_queue_delay_microseconds": int(mv.batcher.max_delay * 1e6),
