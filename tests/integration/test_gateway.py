@@ -60,7 +60,7 @@ def direct(image: bytes, version=1):
     sess = ort.InferenceSession(
         str(BUNDLED / str(version) / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    return dict(zip(m.output_names, sess.run(None, {"image": x[None]}), strict=True))
+    return dict(zip(m.output_names, sess.run(m.output_names, {"image": x[None]}), strict=True))
 
 
 def test_one_image_every_task_decoded(url):
