@@ -57,7 +57,7 @@ def encode_raw(array: np.ndarray, binary: bool = False, **extra: Any) -> dict[st
         array, encoding = array.astype(array.dtype.newbyteorder("<"), copy=False), "raw"
     # base64 reads the array's buffer directly: no intermediate copy of the bytes
     buffer = np.ascontiguousarray(array)
-    data: str | bytes = buffer.tobytes() if binary else _b64(memoryview(buffer).cast("B"))
+    data: str | bytes = buffer.tobytes() if binary else _b64(buffer.data.cast("B"))
     return {
         "encoding": encoding,
         "dtype": array.dtype.name,
