@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from serving.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from serving.manifest import Manifest  # noqa: E402
 from serving.scoring import ScoreJob, ScoreOptions, list_inputs, score  # noqa: E402
-from serving.service import ImageLimits, prepare_image  # noqa: E402
+from serving.service import RequestLimits, prepare_image  # noqa: E402
 
 MODES = (
     ("all tasks, float16 maps (default)", ScoreOptions()),
@@ -40,7 +40,7 @@ def raw_ort(version_dir: Path, paths: list[str], batch_size: int) -> float:
     """img/s of session.run over pre-decoded inputs, batches of ``batch_size``."""
     m = Manifest.load(version_dir / "manifest.json")
     backend = OnnxRuntimeBackend(version_dir / "model.onnx", ["CPUExecutionProvider"])
-    limits = ImageLimits()
+    limits = RequestLimits()
     xs = []
     for p in paths:
         try:

@@ -220,4 +220,25 @@ def test_docs_and_page(url):
     assert httpx.get(f"{url}/docs").status_code == 200
     spec = httpx.get(f"{url}/openapi.json").json()
     assert "/v1/models/{name}/predict" in spec["paths"]
-    assert "polyhead" in httpx.get(f"{url}/").text
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "polyhead" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    for asset in ("static/page.js", "static/page.css"):
+        assert asset in page.text
+        assert httpx.get(f"{url}/{asset}").status_code == 200
+
+
+def test_the_page_can_draw_every_kind(url):
+    """Each kind's view names a renderer the page has (the page draws what the kinds say)."""
+    import re
+
+    from serving.kinds import KINDS
+
+    script = httpx.get(f"{url}/static/page.js").text
+    block = script[script.index("const RENDERERS = {") :]
+    renderers = set(re.findall(r"^  async (\w+)\(", block, flags=re.M))
+    assert renderers
+    for name, kind in KINDS.items():
+        assert kind.view.get("draw") in renderers, name
+    described = httpx.get(f"{url}/v1/models/scenes").json()["tasks"]
+    assert all(t["view"]["draw"] in renderers for t in described)
