@@ -99,6 +99,15 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def weighting_tensors(weighting: nn.Module) -> dict[str, torch.Tensor]:
+    """The weighting's state as safetensors takes it: one copy per key.
+
+    A stateful aggregator may reach one buffer under two names (torchjd's GradVac does), and
+    safetensors refuses tensors that share memory; loading gives each name its value back.
+    """
+    return {k: v.detach().cpu().clone() for k, v in weighting.state_dict().items()}
+
+
 def save_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -115,8 +124,7 @@ def save_checkpoint(
         save_file(model_state, str(tmp / MODEL_FILE))
         opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
         tensors = dict(opt_tensors)
-        for k, v in weighting.state_dict().items():
-            tensors[f"weighting.{k}"] = v.detach().cpu().contiguous()
+        tensors.update({f"weighting.{k}": v for k, v in weighting_tensors(weighting).items()})
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / TRAINING_FILE))
         state = {

@@ -348,7 +348,20 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.weighting.wants_losses_after_step:
+            self.weighting.after_step(self._losses_after_step(image, targets))
         return {t: float(v.detach()) for t, v in losses.items()}, weights
+
+    def _losses_after_step(
+        self, image: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The same batch's losses after the step (no gradients; train mode, as FAMO's code)."""
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with torch.no_grad(), autocast:
+            out = self.model(image)
+            tasks = self.tasks_by_name
+            losses = {t: tasks[t].loss(out[t], targets[t]) for t in self.cfg.task_names}
+        return distributed.global_values(losses)
 
     @property
     def tasks_by_name(self) -> dict[str, Any]:

@@ -51,7 +51,14 @@ class BackwardContext:
 
 
 class Weighting(nn.Module, ABC):
-    """Turns per-task losses into gradients on the model; returns the weights it used (to log)."""
+    """Turns per-task losses into gradients on the model; returns the weights it used (to log).
+
+    A method that needs the losses of the same batch after the optimizer step (FAMO) sets
+    ``wants_losses_after_step``: the trainer then evaluates the batch again, without gradients,
+    and hands the losses to :meth:`after_step`.
+    """
+
+    wants_losses_after_step: bool = False
 
     def __init__(self, tasks: Sequence[str]) -> None:
         """Weight the tasks named ``tasks`` (their order is the order of any state tensors)."""
@@ -66,6 +73,9 @@ class Weighting(nn.Module, ABC):
 
     def end_epoch(self, mean_losses: dict[str, float]) -> None:
         """Called once per epoch with that epoch's mean training loss per task."""
+
+    def after_step(self, losses: dict[str, torch.Tensor]) -> None:
+        """The same batch's losses after the optimizer step (if ``wants_losses_after_step``)."""
 
     def _check(self, losses: dict[str, torch.Tensor]) -> None:
         if set(losses) != set(self.tasks):

@@ -100,9 +100,14 @@ class GradientAggregation(Weighting):
             _flat(torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True), targets)
             for loss in scaled
         ]
-        jacobian = torch.stack(rows)
+        # Under mixed precision every row is multiplied by the grad scaler's factor S: combine
+        # the true gradients and scale the direction back, so methods that clip or normalise
+        # (Nash-MTL's max_norm) see the same numbers with and without it.
+        factor = float(ctx.scale(torch.ones((), device=rows[0].device)))
+        jacobian = torch.stack(rows) / factor
         with torch.no_grad():
             direction, weights = self._combine(jacobian)
+            direction = direction * factor
         if self.record:
             self.last_jacobian, self.last_direction = jacobian.detach(), direction.detach()
 
@@ -138,11 +143,15 @@ class GradientAggregation(Weighting):
             gramian: Any = jacobian @ jacobian.T
             if self.gradients == "representation":
                 gramian = distributed.sum_(gramian)
-            weights = self.aggregator.gramian_weighting(gramian)
+            weights = self.gramian_weights(gramian)
             return weights @ jacobian, weights.tolist()
         direction = self.aggregator(jacobian)
         norms = (jacobian * jacobian).sum(dim=1).clamp_min(1e-20)
         return direction, ((jacobian @ direction) / norms).tolist()
+
+    def gramian_weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        """The weights of a Gramian-based method (a subclass may solve it its own way)."""
+        return self.aggregator.gramian_weighting(gramian)
 
     @override
     def _load_from_state_dict(
@@ -162,6 +171,11 @@ class GradientAggregation(Weighting):
                 key = f"{module_prefix}.{name}" if module_prefix else name
                 if buf is None and key in state_dict:
                     module._buffers[name] = torch.empty_like(state_dict[key])
+                    # torchjd's stateful weightings also keep the (size, dtype) their state was
+                    # made for, and start again from zeros when it does not match: set it
+                    if hasattr(module, "_state_key"):
+                        value = state_dict[key]
+                        module._state_key = (value.shape[0], value.dtype)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

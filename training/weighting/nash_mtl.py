@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import torch
 from torchjd.aggregation import Aggregator, NashMTL
 from typing_extensions import override
 
@@ -43,6 +45,21 @@ class NashMtl(GradientAggregation):
             optim_niter,
         )
         super().__init__(tasks, gradients)
+        # torchjd keeps this state in plain attributes: mirrored here for checkpoints
+        self.register_buffer("solver_alpha", torch.ones(len(self.tasks), dtype=torch.float64))
+        self.register_buffer("solver_steps", torch.zeros((), dtype=torch.int64))
+
+    @override
+    def _combine(self, jacobian: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        solver = self.aggregator.weighting
+        if int(self.solver_steps) > 0 and solver.step == 0:  # resumed: restore the solver's state
+            solver.prvs_alpha = self.solver_alpha.numpy().copy()
+            solver._init_optim_problem()
+            solver.step = float(self.solver_steps)
+        out = super()._combine(jacobian)
+        self.solver_alpha.copy_(torch.from_numpy(np.asarray(solver.prvs_alpha, dtype=np.float64)))
+        self.solver_steps.fill_(int(solver.step))
+        return out
 
     @override
     def make_aggregator(self) -> Aggregator:

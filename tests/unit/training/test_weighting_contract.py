@@ -51,6 +51,9 @@ def test_trains_a_two_task_problem_and_both_losses_go_down(name):
         )
         assert set(weights) == {"a", "b"} and all(v == v for v in weights.values())
         opt.step()
+        if w.wants_losses_after_step:  # the same batch after the step, as the trainer does
+            with torch.no_grad():
+                w.after_step(losses_of(x, ys, shared, heads)[1])
         if step % 10 == 9:
             w.end_epoch({t: float(v.detach()) for t, v in losses.items()})
     with torch.no_grad():

@@ -1,0 +1,45 @@
+"""The trainer hands FAMO the losses of the same batch after the optimizer step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from training import trainer
+from training.config import load_config
+from training.data.synth import write_dataset
+from training.weighting.famo import Famo
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("famo") / "data"
+    write_dataset(root, n=16, size=32, seed=0)
+    return root
+
+
+def test_famo_gets_the_same_batch_after_the_step(data, tmp_path, monkeypatch):
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        {"data.root": str(data), "weighting": {"name": "famo"}, "optim.batch_size": 8},
+    )
+    t = trainer.Trainer(cfg, tmp_path / "run")
+    seen = []
+    original = Famo.after_step
+
+    def record(self, losses):
+        seen.append({k: float(v) for k, v in losses.items()})
+        original(self, losses)
+
+    monkeypatch.setattr(Famo, "after_step", record)
+    batch = next(iter(t._loader()))
+    before, _ = t.step(batch)
+    assert len(seen) == 1
+    # the model after the step, on the same batch (train mode, no gradients): the same losses
+    with torch.no_grad():
+        out = t.model(batch["image"])
+        again = {n: float(t.tasks_by_name[n].loss(out[n], batch["targets"][n])) for n in seen[0]}
+    assert again == pytest.approx(seen[0], rel=1e-5)
+    assert seen[0] != pytest.approx(before, rel=1e-6)  # the step changed them
+    assert not torch.equal(t.weighting.logits, torch.zeros_like(t.weighting.logits))
