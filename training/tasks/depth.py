@@ -1,4 +1,4 @@
-"""Monocular depth: one channel in the dataset's units, L1 loss, RMSE and abs relative error."""
+"""Monocular depth: one channel in the dataset's units, L1 loss, and the usual error measures."""
 
 from __future__ import annotations
 
@@ -10,27 +10,47 @@ from typing_extensions import override
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
 
+#: Predictions are clamped to this before logarithms and ratios (a depth is positive).
+MIN_DEPTH = 1e-3
+
+
 class DepthMetric(MetricAccumulator):
-    """RMSE and mean absolute relative error over valid (target > 0) pixels."""
+    """Errors over valid (target > 0) pixels, as Eigen et al. (2014) define them.
+
+    ``rmse``, ``abs_rel`` (mean |p - t| / t), ``log_rmse`` (RMSE of log p - log t) and
+    ``delta_1`` (share of pixels with max(p / t, t / p) < 1.25); predictions below
+    ``MIN_DEPTH`` count as ``MIN_DEPTH`` in the last two.
+    """
 
     def __init__(self) -> None:
         self.sq = 0.0
         self.rel = 0.0
+        self.log_sq = 0.0
+        self.delta = 0
         self.count = 0
 
     @override
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         valid = target > 0
-        p, t = pred.float()[valid], target.float()[valid]
+        p, t = pred.double()[valid], target.double()[valid]
         self.sq += ((p - t) ** 2).sum().item()
         self.rel += ((p - t).abs() / t).sum().item()
+        pc = p.clamp_min(MIN_DEPTH)
+        self.log_sq += ((pc.log() - t.log()) ** 2).sum().item()
+        self.delta += int((torch.maximum(pc / t, t / pc) < 1.25).sum().item())
         self.count += int(valid.sum().item())
 
     @override
     def compute(self) -> dict[str, float]:
         if not self.count:
-            return {"rmse": 0.0, "abs_rel": 0.0}
-        return {"rmse": (self.sq / self.count) ** 0.5, "abs_rel": self.rel / self.count}
+            return {"rmse": 0.0, "abs_rel": 0.0, "log_rmse": 0.0, "delta_1": 0.0}
+        n = self.count
+        return {
+            "rmse": (self.sq / n) ** 0.5,
+            "abs_rel": self.rel / n,
+            "log_rmse": (self.log_sq / n) ** 0.5,
+            "delta_1": self.delta / n,
+        }
 
 
 @TASK_KINDS.register("depth")
@@ -40,7 +60,12 @@ class Depth(TaskKind):
     kind = "depth"
     dense = True
     primary_metric = "rmse"
-    higher_is_better: ClassVar[dict[str, bool]] = {"rmse": False, "abs_rel": False}
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "rmse": False,
+        "abs_rel": False,
+        "log_rmse": False,
+        "delta_1": True,
+    }
 
     @override
     @property

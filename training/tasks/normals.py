@@ -14,16 +14,21 @@ from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, valid_m
 _BINS_PER_DEGREE = 100
 
 
-class AngularErrorMetric(MetricAccumulator):
-    """Mean and median angle (degrees) between predicted and true normals, plus % within 11.25°.
+#: The angles (degrees) the literature reports the share of pixels within.
+WITHIN = (11.25, 22.5, 30.0)
 
-    The median comes from a 0.01° histogram, so it is exact to that resolution without keeping
-    every pixel's error in memory.
+
+class AngularErrorMetric(MetricAccumulator):
+    """Angles (degrees) between predicted and true normals: mean, median, RMSE, % within.
+
+    The shares within 11.25°, 22.5° and 30° and the median come from a 0.01° histogram, so they
+    are exact to that resolution without keeping every pixel's error in memory.
     """
 
     def __init__(self) -> None:
         self.hist = torch.zeros(180 * _BINS_PER_DEGREE + 1, dtype=torch.int64)
         self.sum = 0.0
+        self.sq = 0.0
         self.count = 0
 
     @override
@@ -34,22 +39,34 @@ class AngularErrorMetric(MetricAccumulator):
         cos = (p * t).sum(-1).clamp(-1.0, 1.0)
         deg = torch.rad2deg(torch.acos(cos)).cpu()
         self.sum += deg.double().sum().item()
+        self.sq += (deg.double() ** 2).sum().item()
         self.count += deg.numel()
         bins = (deg * _BINS_PER_DEGREE).round().long().clamp(0, self.hist.numel() - 1)
         self.hist += torch.bincount(bins, minlength=self.hist.numel())
 
     @override
     def compute(self) -> dict[str, float]:
+        names = [_within_name(a) for a in WITHIN]
         if not self.count:
-            return {"mean_angle": 0.0, "median_angle": 0.0, "within_11_25": 0.0}
+            return {"mean_angle": 0.0, "median_angle": 0.0, "rmse_angle": 0.0} | dict.fromkeys(
+                names, 0.0
+            )
         cdf = self.hist.cumsum(0)
         median_bin = int(torch.searchsorted(cdf, torch.tensor(math.ceil(self.count / 2))).item())
-        within = cdf[int(11.25 * _BINS_PER_DEGREE)].item() / self.count
+        within = {
+            n: cdf[round(a * _BINS_PER_DEGREE)].item() / self.count
+            for n, a in zip(names, WITHIN, strict=True)
+        }
         return {
             "mean_angle": self.sum / self.count,
             "median_angle": median_bin / _BINS_PER_DEGREE,
-            "within_11_25": within,
+            "rmse_angle": (self.sq / self.count) ** 0.5,
+            **within,
         }
+
+
+def _within_name(angle: float) -> str:
+    return "within_" + f"{angle:g}".replace(".", "_")
 
 
 @TASK_KINDS.register("normals")
@@ -62,7 +79,8 @@ class Normals(TaskKind):
     higher_is_better: ClassVar[dict[str, bool]] = {
         "mean_angle": False,
         "median_angle": False,
-        "within_11_25": True,
+        "rmse_angle": False,
+        **{_within_name(a): True for a in WITHIN},
     }
 
     @override

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,54 @@ def test_depth_metrics_known_values():
     out = m.compute()
     assert out["rmse"] == pytest.approx((1 / 2) ** 0.5)
     assert out["abs_rel"] == pytest.approx(0.5)
+    assert out["log_rmse"] == pytest.approx((np.log(2.0) ** 2 / 2) ** 0.5)
+    assert out["delta_1"] == pytest.approx(0.5)  # 2/1 is over 1.25, 2/2 is not
+
+
+def test_depth_metrics_match_numpy_over_batches():
+    g = torch.Generator().manual_seed(0)
+    task = build_task("d", "depth")
+    m = task.metric()
+    ps, ts = [], []
+    for _ in range(3):
+        t = torch.rand(2, 1, 8, 8, generator=g) * 9 + 1
+        t[0, 0, :2] = 0.0  # invalid
+        p = t * torch.exp(torch.randn(2, 1, 8, 8, generator=g) * 0.3)
+        p[1, 0, 0, 0] = -1.0  # a negative prediction counts as MIN_DEPTH in logs and ratios
+        m.update(p, t)
+        ps.append(p.numpy().ravel())
+        ts.append(t.numpy().ravel())
+    p, t = np.concatenate(ps).astype(np.float64), np.concatenate(ts).astype(np.float64)
+    valid = t > 0
+    p, t = p[valid], t[valid]
+    pc = np.maximum(p, 1e-3)
+    out = m.compute()
+    assert out["rmse"] == pytest.approx(np.sqrt(np.mean((p - t) ** 2)))
+    assert out["abs_rel"] == pytest.approx(np.mean(np.abs(p - t) / t))
+    assert out["log_rmse"] == pytest.approx(np.sqrt(np.mean((np.log(pc) - np.log(t)) ** 2)))
+    assert out["delta_1"] == pytest.approx(np.mean(np.maximum(pc / t, t / pc) < 1.25))
+
+
+def test_normals_metrics_match_numpy():
+    g = torch.Generator().manual_seed(1)
+    task = build_task("n", "normals")
+    t = torch.nn.functional.normalize(torch.randn(2, 3, 16, 16, generator=g), dim=1)
+    p = t + torch.randn(2, 3, 16, 16, generator=g) * 0.4
+    t[0, :, 0, :4] = 0.0  # invalid
+    m = task.metric()
+    m.update(p, t)
+    out = m.compute()
+    pn = (p / p.norm(dim=1, keepdim=True)).permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    tn = t.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    valid = np.abs(tn).sum(1) > 0
+    cos = np.clip((pn[valid] * tn[valid]).sum(1) / np.linalg.norm(tn[valid], axis=1), -1, 1)
+    deg = np.degrees(np.arccos(cos))
+    assert out["mean_angle"] == pytest.approx(deg.mean(), abs=1e-3)
+    assert out["rmse_angle"] == pytest.approx(np.sqrt((deg**2).mean()), abs=1e-3)
+    lower_median = np.sort(deg)[int(np.ceil(deg.size / 2)) - 1]  # the histogram's median
+    assert out["median_angle"] == pytest.approx(lower_median, abs=0.011)
+    for name, angle in (("within_11_25", 11.25), ("within_22_5", 22.5), ("within_30", 30.0)):
+        assert out[name] == pytest.approx((deg <= angle).mean(), abs=2 / deg.size)
 
 
 def test_normals_angle_of_orthogonal_vectors_is_90_degrees():
