@@ -9,7 +9,6 @@ from typing_extensions import override
 
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
 
-
 #: Predictions are clamped to this before logarithms and ratios (a depth is positive).
 MIN_DEPTH = 1e-3
 
