@@ -151,7 +151,10 @@ class Trainer:
         distributed.synchronise_batchnorm(self.model, self.device)
         distributed.broadcast_state(self.model)
         self.weighting: Weighting = build_weighting(
-            cfg.weighting.name, names, cfg.weighting.params
+            cfg.weighting.name,
+            names,
+            cfg.weighting.params,
+            regression=[t.name for t in self.tasks if t.regression],
         ).to(self.device)
         groups = [{"params": self.model.parameters(), "weight_decay": cfg.optim.weight_decay}]
         extra = list(self.weighting.parameters())

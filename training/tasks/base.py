@@ -27,10 +27,13 @@ class TaskKind(ABC):
 
     Subclasses set ``kind``, ``dense`` (per-pixel output at input resolution, else one vector per
     image), ``primary_metric`` and ``higher_is_better`` (for every metric they report).
+    ``regression`` says the loss is a regression error (a Gaussian or Laplace likelihood), not
+    a classification's cross-entropy: uncertainty weighting takes Kendall's form from it.
     """
 
     kind: ClassVar[str]
     dense: ClassVar[bool]
+    regression: ClassVar[bool] = False
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[dict[str, bool]]
     needs_labels: ClassVar[bool] = False

@@ -58,6 +58,7 @@ class Depth(TaskKind):
 
     kind = "depth"
     dense = True
+    regression = True
     primary_metric = "rmse"
     higher_is_better: ClassVar[dict[str, bool]] = {
         "rmse": False,

@@ -75,6 +75,7 @@ class Normals(TaskKind):
 
     kind = "normals"
     dense = True
+    regression = True
     primary_metric = "mean_angle"
     higher_is_better: ClassVar[dict[str, bool]] = {
         "mean_angle": False,

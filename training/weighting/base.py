@@ -105,9 +105,16 @@ WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
 
 
 def build_weighting(
-    name: str, tasks: Sequence[str], params: dict[str, Any] | None = None
+    name: str,
+    tasks: Sequence[str],
+    params: dict[str, Any] | None = None,
+    regression: Sequence[str] | None = None,
 ) -> Weighting:
-    """Instantiate a registered weighting; unknown or ill-typed hyperparameters are ConfigErrors."""
+    """Instantiate a registered weighting; unknown or ill-typed hyperparameters are ConfigErrors.
+
+    ``regression`` names the tasks whose loss is a regression error (from their task kinds): a
+    weighting with a ``regression`` parameter gets it unless the config sets it.
+    """
     cls = WEIGHTINGS.get(name)
     params = dict(params or {})
     sig = inspect.signature(cls.__init__)
@@ -117,6 +124,8 @@ def build_weighting(
         raise ConfigError(
             f"weighting {name!r} has no parameter(s) {unknown}; it accepts {accepted or 'none'}"
         )
+    if regression is not None and "regression" in accepted and "regression" not in params:
+        params["regression"] = list(regression)
     try:
         return cls(tasks, **params)
     except (TypeError, ValueError) as e:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -82,17 +83,40 @@ def test_dwa_follows_the_paper_formula():
     assert w.current_weights()[2] > w.current_weights()[0]  # slow task gets more weight
 
 
-def test_uncertainty_learns_smaller_weight_for_noisier_task():
-    w = build_weighting("uncertainty", ["small", "big"])
+@pytest.mark.parametrize(
+    ("form", "optimum"),
+    [
+        # Kendall et al.: regression exp(-s) L / 2 + s / 2 (s* = log L), classification
+        # exp(-s) L + s / 2 (s* = log 2L); "big" is the regression task
+        ("kendall", {"small": np.log(0.2), "big": np.log(10.0)}),
+        ("libmtl", {"small": np.log(0.1), "big": np.log(10.0)}),
+        ("simple", {"small": np.log(0.1), "big": np.log(10.0)}),
+    ],
+)
+def test_uncertainty_learns_smaller_weight_for_noisier_task(form, optimum):
+    w = build_weighting("uncertainty", ["small", "big"], {"form": form}, regression=["big"])
     opt = torch.optim.SGD(w.parameters(), lr=0.1)
-    for _ in range(200):
+    for _ in range(2000):
         opt.zero_grad()
         w.backward({"small": torch.tensor(0.1), "big": torch.tensor(10.0)}, BackwardContext([]))
         opt.step()
     s = w.log_vars.detach()
-    # optimum: s_t = log L_t
-    assert s[0].item() == pytest.approx(torch.log(torch.tensor(0.1)).item(), abs=0.05)
-    assert s[1].item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=0.3)
+    assert s[0].item() == pytest.approx(optimum["small"], abs=0.02)
+    assert s[1].item() == pytest.approx(optimum["big"], abs=0.02)
+
+
+def test_uncertainty_regression_tasks_come_from_the_task_kinds():
+    from training.tasks import build_task
+
+    assert build_task("d", "depth").regression and build_task("n", "normals").regression
+    assert not build_task("s", "segmentation", ("a", "b")).regression
+    w = build_weighting("uncertainty", ["d", "s"], regression=["d"])
+    assert w.loss_factor.tolist() == [0.5, 1.0] and w.log_var_factor.tolist() == [0.5, 0.5]
+    # the config may still set them itself
+    w = build_weighting("uncertainty", ["d", "s"], {"regression": []}, regression=["d"])
+    assert w.loss_factor.tolist() == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="unknown tasks"):
+        build_weighting("uncertainty", ["d", "s"], {"regression": ["x"]})
 
 
 def test_unknown_parameter_is_named():
