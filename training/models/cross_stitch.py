@@ -95,10 +95,6 @@ class PerTaskNetworks(MultiTaskModel):
         raise NotImplementedError
 
     @override
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.fusions.parameters())
-
-    @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
         size = (x.shape[-2], x.shape[-1])
         branches = list(self.branches.values())

@@ -16,7 +16,6 @@ from training.models.multitask import (
     MultiTaskOutput,
     task_heads,
     tasks_by_name,
-    trunk_parameters,
 )
 from training.models.necks import LightFPN, conv_bn_relu
 from training.tasks import TaskKind
@@ -122,10 +121,6 @@ class MTAN(MultiTaskModel):
             {t.name: DecoderAttention(channels[-1], neck_channels) for t in tasks if t.dense}
         )
         self.heads = task_heads(tasks, neck_channels, channels[-1])
-
-    @override
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return trunk_parameters(self.backbone, self.neck)
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:

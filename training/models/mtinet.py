@@ -45,7 +45,6 @@ class FeaturePropagation(nn.Module):
     The tasks' features are concatenated; with several tasks, a shared non-linear function gives
     per-channel softmax weights over the tasks. The weighted concatenation is reduced to one
     shared map, and each task adds its own squeeze-and-excitation of it to its features.
-    ``shared_modules`` are used by every task, ``se`` is per task.
 
     Args:
         names: the tasks, in order.
@@ -65,10 +64,6 @@ class FeaturePropagation(nn.Module):
         )
         self.reduce = conv_bn_relu(total, channels)
         self.se = nn.ModuleDict({name: SqueezeExcitation(channels) for name in self.names})
-
-    def shared_modules(self) -> list[nn.Module]:
-        """The modules every task's propagated features depend on."""
-        return [m for m in (self.weigh, self.reduce) if m is not None]
 
     @override
     def forward(
@@ -146,15 +141,6 @@ class MTINet(MultiTaskModel):
                 for t in tasks
             }
         )
-
-    @override
-    def shared_parameters(self) -> list[nn.Parameter]:
-        params = list(self.backbone.parameters())
-        for fpm in self.propagation:
-            if isinstance(fpm, FeaturePropagation):
-                for module in fpm.shared_modules():
-                    params += list(module.parameters())
-        return params
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:

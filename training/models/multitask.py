@@ -26,23 +26,65 @@ class MultiTaskOutput(dict[str, torch.Tensor]):
     shared: list[torch.Tensor]
 
 
+#: Input size (H, W) of the forward pass that finds which task reaches which parameter.
+PROBE_SIZE = (64, 64)
+
+
 class MultiTaskModel(nn.Module):
     """Base of multi-task architectures: ``forward(x) -> {task: tensor}``.
 
-    Subclasses say which parameters are shared (``shared_parameters``) so gradient-based
-    weighting methods can act on them.
+    Which parameters are shared is not declared but found: a parameter more than one task's
+    output depends on (in the autograd graph of one forward pass) is shared, the others belong
+    to their task. Gradient-based weighting methods combine the tasks' gradients on the shared
+    ones and give the others their own task's gradient; a declaration by hand missed, e.g., the
+    per-task backbones of cross-stitch, which every task reaches through the mixing units.
     """
 
     tasks: dict[str, TaskKind]
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task's loss depends on."""
-        raise NotImplementedError
+        """Parameters more than one task's output depends on (all of them with one task)."""
+        shared, _ = self.parameter_partition()
+        return shared
 
     def task_parameters(self) -> list[nn.Parameter]:
-        """Parameters that belong to exactly one task."""
+        """The other parameters: each reaches one task's output (or none)."""
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
+
+    def parameter_partition(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        """(shared parameters, each task's own parameters), found once and kept."""
+        cached: tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]] | None = getattr(
+            self, "_partition", None
+        )
+        if cached is None:
+            cached = self._find_partition()
+            object.__setattr__(self, "_partition", cached)  # not a submodule or a buffer
+        return cached
+
+    def _find_partition(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        device = params[0].device if params else torch.device("cpu")
+        users: dict[int, list[str]] = {id(p): [] for p in params}
+        was_training = self.training
+        self.eval()  # running statistics untouched; the graph's structure is what matters
+        try:
+            out = self(torch.zeros(2, 3, *PROBE_SIZE, device=device))
+            for name in self.tasks:
+                grads = torch.autograd.grad(
+                    out[name].sum(), params, retain_graph=True, allow_unused=True
+                )
+                for p, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        users[id(p)].append(name)
+        finally:
+            self.train(was_training)
+        least = min(2, len(self.tasks))
+        shared = [p for p in params if len(users[id(p)]) >= least]
+        own = {t: [p for p in params if users[id(p)] == [t]] for t in self.tasks}
+        if least == 1:
+            own = {t: [] for t in self.tasks}
+        return shared, own
 
 
 def tasks_by_name(tasks: Sequence[TaskKind]) -> dict[str, TaskKind]:
@@ -69,14 +111,6 @@ def task_heads(
     )
 
 
-def trunk_parameters(backbone: nn.Module, neck: nn.Module | None) -> list[nn.Parameter]:
-    """The backbone's parameters, then the neck's (when there is one): a shared trunk."""
-    params = list(backbone.parameters())
-    if neck is not None:
-        params += list(neck.parameters())
-    return params
-
-
 ARCHITECTURES: Registry[type[MultiTaskModel]] = Registry("architecture")
 
 
@@ -98,10 +132,6 @@ class HardParameterSharing(MultiTaskModel):
         self.neck = LightFPN(backbone.feature_channels, neck_channels) if self.has_dense else None
         top = backbone.feature_channels[-1]
         self.heads = task_heads(tasks, neck_channels, top)
-
-    @override
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return trunk_parameters(self.backbone, self.neck)
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:

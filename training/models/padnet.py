@@ -16,7 +16,6 @@ from training.models.multitask import (
     MultiTaskOutput,
     task_heads,
     tasks_by_name,
-    trunk_parameters,
 )
 from training.models.necks import LightFPN, conv_bn_relu
 from training.tasks import TaskKind
@@ -115,10 +114,6 @@ class PADNet(MultiTaskModel):
         self.distillation = MultiModalDistillation([t.name for t in dense], neck_channels)
         top = backbone.feature_channels[-1]
         self.heads = task_heads(tasks, neck_channels, top)
-
-    @override
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return trunk_parameters(self.backbone, self.neck)
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:

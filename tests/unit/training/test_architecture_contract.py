@@ -90,6 +90,37 @@ def test_a_training_step_reaches_every_parameter(arch, tasks):
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+@pytest.mark.parametrize("tasks", TASK_SETS)
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_shared_parameters_are_those_more_than_one_task_reaches(arch, tasks):
+    """Gradient methods combine the tasks' gradients on the shared parameters and give the rest
+    their own task's gradient: a parameter two tasks' losses reach must be declared shared, and
+    a "task" parameter must be reached by its task alone (checked on a training-mode step)."""
+    ts = task_set(tasks)
+    if single_task_only(arch, ts):
+        return
+    model = build(arch, ts).train()
+    params = list(model.parameters())
+    out = model(torch.randn(2, 3, *SIZE))
+    reached: dict[int, set[str]] = {id(p): set() for p in params}
+    for t in ts:
+        grads = torch.autograd.grad(
+            out[t.name].pow(2).mean(), params, retain_graph=True, allow_unused=True
+        )
+        for p, g in zip(params, grads, strict=True):
+            if g is not None:
+                reached[id(p)].add(t.name)
+    names = {id(p): n for n, p in model.named_parameters()}
+    shared = {id(p) for p in model.shared_parameters()}
+    least = min(2, len(ts))
+    wrong_task = [
+        names[i] for i, users in reached.items() if len(users) >= least and i not in shared
+    ]
+    wrong_shared = [names[i] for i in shared if len(reached[i]) < least]
+    assert not wrong_task, f"reached by several tasks but not shared: {wrong_task[:6]}"
+    assert not wrong_shared, f"shared but reached by one task: {wrong_shared[:6]}"
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_exports_to_onnx_with_parity_and_the_gateway_serves_it(arch, tmp_path: Path):
     ts = task_set("one dense task" if arch == "single_task" else "all kinds")
