@@ -2,7 +2,7 @@
 
 Loss-based (a weighted sum of the losses, weights fixed, learned or scheduled): equal, fixed,
 uncertainty, dwa, gradnorm, rlw, gls, famo. Gradient-based (per-task gradients of the shared
-part combined by a torchjd aggregator, see ``gradient.py``): mgda, pcgrad, cagrad, imtl_g,
+part combined by a torchjd aggregator, see ``gradient.py``): mgda, pcgrad, cagrad, imtl_g, imtl,
 aligned_mtl, nash_mtl, upgrad, graddrop, gradvac, dualproj.
 """
 
@@ -18,6 +18,7 @@ from training.weighting import (
     graddrop,
     gradnorm,
     gradvac,
+    imtl,
     imtl_g,
     mgda,
     nash_mtl,
@@ -53,6 +54,7 @@ __all__ = [
     "graddrop",
     "gradnorm",
     "gradvac",
+    "imtl",
     "imtl_g",
     "mgda",
     "nash_mtl",

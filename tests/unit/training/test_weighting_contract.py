@@ -96,6 +96,10 @@ def imtl_g(d, weights, w):  # equal projections on every unit gradient, positive
     assert proj[0] == pytest.approx(float(proj[1]), rel=1e-3) and proj[0] > 0
 
 
+def imtl_l(w):  # the loss scales s_t get d/ds (e^s L - s) = e^s L - 1 (s = 0 at the start)
+    assert torch.allclose(w.loss_scale.grad, torch.tensor([20.0 - 1.0, 30.0 - 1.0]))
+
+
 def cagrad(d, weights, w):  # the worst task improves at least as much as under the mean gradient
     g0 = J.mean(dim=0)
     assert (J @ d / d.norm()).min() >= (J @ g0 / g0.norm()).min() - TOL
@@ -149,6 +153,7 @@ PROMISES: dict[str, Callable] = {
     "nash_mtl": lambda d, wts, w: (no_conflict(d), None),
     "aligned_mtl": lambda d, wts, w: no_conflict(d),
     "imtl_g": imtl_g,
+    "imtl": lambda d, wts, w: (imtl_g(d, wts, w), imtl_l(w)),
     "cagrad": cagrad,
     "graddrop": graddrop,
     "gradvac": gradvac,
