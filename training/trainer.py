@@ -44,6 +44,7 @@ from training.runs import (
 )
 from training.schedule import warmup_cosine
 from training.setup import check_and_build_tasks, dataset_description
+from training.tasks import TaskKind
 from training.weighting import BackwardContext, Weighting, build_weighting
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,28 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "image": torch.stack([s["image"] for s in samples]),
         "targets": {t: torch.stack([s["targets"][t] for s in samples]) for t in tasks},
     }
+
+
+#: Training images whose targets set the heads' initial biases (evenly spread over the split).
+BIAS_SAMPLES = 64
+
+
+def start_from_the_targets(model: MultiTaskModel, tasks: list[Any], cfg: TrainConfig) -> None:
+    """Set each head's initial output bias from training targets, where its task kind says so."""
+    wanting = [t for t in tasks if type(t).initial_bias is not TaskKind.initial_bias]
+    if not wanting:
+        return
+    names = [t.name for t in wanting]
+    data = FolderDataset(
+        cfg.data.root, cfg.data.train_split, names, None, cfg.data.mean, cfg.data.std
+    )
+    step = max(1, len(data) // BIAS_SAMPLES)
+    samples = [data[i]["targets"] for i in range(0, len(data), step)][:BIAS_SAMPLES]
+    for task in wanting:
+        bias = task.initial_bias([s[task.name] for s in samples])
+        if bias is not None:
+            model.set_output_bias(task.name, bias)
+            log.info("%s starts at %s", task.name, [round(float(b), 4) for b in bias])
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -148,6 +171,8 @@ class Trainer:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.run.limit_train_batches)
 
         self.model: MultiTaskModel = build_model(cfg, self.tasks).to(self.device)
+        if not resume:
+            start_from_the_targets(self.model, self.tasks, cfg)
         distributed.synchronise_batchnorm(self.model, self.device)
         distributed.broadcast_state(self.model)
         self.weighting: Weighting = build_weighting(

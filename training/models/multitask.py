@@ -41,6 +41,7 @@ class MultiTaskModel(nn.Module):
     """
 
     tasks: dict[str, TaskKind]
+    heads: nn.ModuleDict
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters more than one task's output depends on (all of them with one task)."""
@@ -51,6 +52,13 @@ class MultiTaskModel(nn.Module):
         """The other parameters: each reaches one task's output (or none)."""
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
+
+    def set_output_bias(self, task: str, bias: torch.Tensor) -> None:
+        """Start task ``task``'s output at ``bias`` (per channel): its head's last layer bias."""
+        head = self.heads[task]  # every architecture ends each task in a DenseHead / ImageHead
+        last = head.proj if isinstance(head, DenseHead) else head.fc
+        with torch.no_grad():
+            last.bias.copy_(bias.to(last.bias))
 
     def parameter_partition(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
         """(shared parameters, each task's own parameters), found once and kept."""

@@ -60,6 +60,14 @@ class TaskKind(ABC):
     def metric(self) -> MetricAccumulator:
         """A fresh accumulator for this task's metrics."""
 
+    def initial_bias(self, targets: list[torch.Tensor]) -> torch.Tensor | None:
+        """The output bias a fresh head should start from, given some training targets.
+
+        None keeps the layer's own initialisation; a regression kind returns its targets' mean,
+        so training starts from the constant predictor rather than from zero.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, channels={self.channels})"
 

@@ -82,3 +82,13 @@ class Depth(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return DepthMetric()
+
+    @override
+    def initial_bias(self, targets: list[torch.Tensor]) -> torch.Tensor | None:
+        """The mean valid depth of the targets.
+
+        A head at 0 against targets of several metres spends its first epochs, and most of the
+        summed loss, only getting to the right range.
+        """
+        values = torch.cat([t[t > 0].float().reshape(-1) for t in targets])
+        return values.mean().reshape(1) if values.numel() else None

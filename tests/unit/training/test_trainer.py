@@ -1,4 +1,4 @@
-"""The trainer hands FAMO the losses of the same batch after the optimizer step."""
+"""The trainer: FAMO gets the same batch after the step; fresh heads start from the targets."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def test_famo_gets_the_same_batch_after_the_step(data, tmp_path, monkeypatch):
     assert again == pytest.approx(seen[0], rel=1e-5)
     assert seen[0] != pytest.approx(before, rel=1e-6)  # the step changed them
     assert not torch.equal(t.weighting.logits, torch.zeros_like(t.weighting.logits))
+
+
+def test_a_fresh_depth_head_starts_at_the_mean_training_depth(data, tmp_path):
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", {"data.root": str(data)})
+    t = trainer.Trainer(cfg, tmp_path / "run")
+    batch = next(iter(t._loader()))
+    depth = batch["targets"]["depth"]
+    t.model.eval()
+    with torch.no_grad():
+        predicted = t.model(batch["image"])["depth"]
+    mean = float(depth[depth > 0].mean())
+    # the constant predictor's level, up to what the random head adds: not 0
+    assert float(predicted.mean()) == pytest.approx(mean, rel=0.25)
+    assert mean > 1.0
