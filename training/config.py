@@ -74,6 +74,9 @@ class ModelConfig(_Section):
     width: int = Field(64, ge=4, le=512)
     neck_channels: int = Field(64, ge=4, le=1024)
     weights: Path | None = None  # local backbone weights (safetensors or torch state dict)
+    # learning-rate multiplier of the cross-stitch / NDDR fusion units: 100 in the reference
+    # code of Vandenhende et al. (the units' gradients are small next to the convolutions')
+    fusion_lr_scale: float = Field(100.0, gt=0.0, le=10_000.0)
 
     @field_validator("backbone")
     @classmethod

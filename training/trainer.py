@@ -76,6 +76,19 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def optimizer_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The model's parameter groups: fusion units (if any) at their own learning rate."""
+    decay = cfg.optim.weight_decay
+    fusion = model.fusion_parameters()
+    ids = {id(p) for p in fusion}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": decay}]
+    if fusion:
+        lr = cfg.optim.lr * cfg.model.fusion_lr_scale
+        groups.append({"params": fusion, "weight_decay": decay, "lr": lr})
+    return groups
+
+
 #: Training images whose targets set the heads' initial biases (evenly spread over the split).
 BIAS_SAMPLES = 64
 
@@ -181,7 +194,7 @@ class Trainer:
             cfg.weighting.params,
             regression=[t.name for t in self.tasks if t.regression],
         ).to(self.device)
-        groups = [{"params": self.model.parameters(), "weight_decay": cfg.optim.weight_decay}]
+        groups = optimizer_groups(self.model, cfg)
         extra = list(self.weighting.parameters())
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0})

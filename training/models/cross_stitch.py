@@ -58,8 +58,10 @@ class PerTaskNetworks(MultiTaskModel):
     """Base of cross-stitch and NDDR: one backbone copy per task, fused after every stage.
 
     Subclasses build the fusion unit of each stage (``make_fusion``): it takes the tasks' feature
-    maps (task order) and returns one map per task. The fusion units are the shared parameters;
-    backbone copies, necks (dense tasks) and heads belong to their task.
+    maps (task order) and returns one map per task. Every task reaches every backbone copy
+    through the fusion units, so all of them are shared parameters for gradient methods; necks
+    (dense tasks) and heads belong to their task. The fusion units train with their own learning
+    rate (``model.fusion_lr_scale`` times the base one, 100 as in Vandenhende et al.'s code).
     """
 
     def __init__(
@@ -89,6 +91,10 @@ class PerTaskNetworks(MultiTaskModel):
             {t.name: LightFPN(channels, neck_channels) for t in tasks if t.dense}
         )
         self.heads = task_heads(tasks, neck_channels, channels[-1])
+
+    @override
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        return list(self.fusions.parameters())
 
     def make_fusion(self, num_tasks: int, channels: int) -> nn.Module:
         """The unit fusing ``num_tasks`` maps of ``channels`` channels after one stage."""

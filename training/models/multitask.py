@@ -53,6 +53,10 @@ class MultiTaskModel(nn.Module):
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
 
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Parameters that mix the tasks' features (cross-stitch, NDDR): their own learning rate."""
+        return []
+
     def set_output_bias(self, task: str, bias: torch.Tensor) -> None:
         """Start task ``task``'s output at ``bias`` (per channel): its head's last layer bias."""
         head = self.heads[task]  # every architecture ends each task in a DenseHead / ImageHead

@@ -57,3 +57,20 @@ def test_a_fresh_depth_head_starts_at_the_mean_training_depth(data, tmp_path):
     # the constant predictor's level, up to what the random head adds: not 0
     assert float(predicted.mean()) == pytest.approx(mean, rel=0.25)
     assert mean > 1.0
+
+
+@pytest.mark.parametrize("arch", ["cross_stitch", "nddr"])
+def test_fusion_units_train_at_the_reference_learning_rate_multiple(data, tmp_path, arch):
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        {"data.root": str(data), "model.architecture": arch, "model.fusion_lr_scale": 100.0},
+    )
+    t = trainer.Trainer(cfg, tmp_path / "run")
+    fusion = {id(p) for p in t.model.fusion_parameters()}
+    assert fusion
+    groups = t.optimizer.param_groups
+    scaled = [g for g in groups if {id(p) for p in g["params"]} == fusion]
+    assert len(scaled) == 1
+    base = next(g for g in groups if g is not scaled[0] and g["weight_decay"] > 0)
+    assert scaled[0]["initial_lr"] == pytest.approx(100 * base["initial_lr"])
+    assert not fusion & {id(p) for g in groups if g is not scaled[0] for p in g["params"]}
