@@ -91,6 +91,7 @@ def evaluate(
     from training.evaluate import (
         evaluate_model,
         format_table,
+        metric_delta,
         multitask_delta,
         primary_metric,
         write_metrics,
@@ -124,12 +125,16 @@ def evaluate(
             m = evaluate_model(loaded_b.model(), loaded_b.tasks, dataset_b, batch_size)
             baseline_metrics[task] = m[task]
         delta, deltas = multitask_delta(metrics, baseline_metrics, primaries)
+        directions = {t.name: dict(t.higher_is_better) for t in tasks}
+        delta_m, changes = metric_delta(metrics, baseline_metrics, directions)
         record.update(baselines=baseline_metrics, delta_mtl=delta, delta_per_task=deltas)
+        record.update(delta_m=delta_m, delta_m_changes=changes)
     typer.echo(format_table(metrics, baseline_metrics or None, deltas, primaries))
     if deltas is not None:
         typer.echo(
             f"multi-task delta (primary metrics, vs single-task): {record['delta_mtl'] * 100:+.2f}%"
         )
+        typer.echo(f"Delta_m (every metric, vs single-task): {record['delta_m'] * 100:+.2f}%")
     target = out or (where / f"eval_{split}.json" if run is not None else None)
     if target is not None:
         write_metrics(target, record)

@@ -115,6 +115,29 @@ def multitask_delta(
     return sum(per_task.values()) / len(per_task), per_task
 
 
+def metric_delta(
+    multi: Metrics, single: Metrics, higher_is_better: Mapping[str, Mapping[str, bool]]
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """Delta_m: the mean signed relative change over every metric of every task with a baseline.
+
+    Delta_m = (1/K) sum_k (-1)^{l_k} (M_mt,k - M_st,k) / M_st,k over the K (task, metric) pairs
+    (the optimisation papers' measure, e.g. Navon et al. 2022, Liu et al. 2023), where Delta_MTL
+    takes one primary metric per task. A metric whose baseline is 0 is left out (undefined).
+    Returns the mean and each pair's change, by task then metric.
+    """
+    changes: dict[str, dict[str, float]] = {}
+    for task, base in single.items():
+        for name, m_st in base.items():
+            if name not in multi[task] or name not in higher_is_better[task] or m_st == 0:
+                continue
+            sign = 1.0 if higher_is_better[task][name] else -1.0
+            changes.setdefault(task, {})[name] = sign * (multi[task][name] - m_st) / abs(m_st)
+    values = [v for per_task in changes.values() for v in per_task.values()]
+    if not values:
+        raise ValueError("no baseline metric to compare: Delta_m needs at least one")
+    return sum(values) / len(values), changes
+
+
 def format_table(
     metrics: Metrics,
     baselines: Metrics | None = None,

@@ -67,6 +67,7 @@ def test_baselines_delta_and_comparison(cli_env, tmp_path):
     assert "| uncertainty | hps | uncertainty |" in table and "| pcgrad | hps | pcgrad |" in table
     rows = json.loads((out / "compare.json").read_text())["runs"]
     assert all(r["delta_mtl"] is not None and r["parameters"] > 0 for r in rows)
+    assert all(r["delta_m"] is not None for r in rows)
     assert rows[0]["delta_mtl"] == record["delta_mtl"]
     for png in ("losses.png", "weights.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
