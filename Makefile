@@ -8,8 +8,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 TRITON_VENV ?= .venv-triton
+KSERVE_VENV ?= .venv-kserve
 
-.PHONY: serve test install-serve install-dev install-triton-test lint typecheck unit demo-model clean
+.PHONY: serve test install-serve install-dev install-triton-test install-kserve-test lint typecheck unit demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,17 @@ $(TRITON_VENV)/bin/python:
 install-triton-test: $(TRITON_VENV)/bin/python
 	$(TRITON_VENV)/bin/pip install -q nvidia-pytriton==0.7.0 onnxruntime pillow
 
+# The KServe Python SDK for tests/integration/test_kserve_sdk.py: kserve pins pandas<3 and
+# python-dateutil<3 (it would downgrade the dev environment) and its protobuf package collides
+# with tritonclient's in one process, so it too gets an environment of its own, driven through
+# tests/kserve_sdk_worker.py. The .gitignore inside keeps git (and ruff) out of it.
+$(KSERVE_VENV)/bin/python:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	echo '*' > $(KSERVE_VENV)/.gitignore
+
+install-kserve-test: $(KSERVE_VENV)/bin/python
+	$(KSERVE_VENV)/bin/pip install -q kserve==0.21.0
+
 serve: install-serve
 	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)
 
@@ -39,7 +51,7 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-test: install-dev install-triton-test lint typecheck
+test: install-dev install-triton-test install-kserve-test lint typecheck
 	$(BIN)/python -m pytest
 
 # Rebuild the bundled demo model from scratch (about 25 minutes on 2 CPU cores).
@@ -50,4 +62,4 @@ demo-model: install-dev
 	$(BIN)/polyhead export --run runs/scenes --repo model_repo --name scenes
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -401,6 +401,7 @@ def serve(
     import uvicorn
 
     from serving.api.app import create_app
+    from serving.api.http_protocol import protocol_class
 
     settings = _settings(
         env_file,
@@ -425,6 +426,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        http=protocol_class(settings.max_header_bytes),
     )
 
 

@@ -33,13 +33,31 @@ RunFn = Callable[[Arrays, list[str]], Awaitable[Arrays]]
 
 
 class BatchObserver(Protocol):
-    """Receives what the batcher measures (Prometheus metrics implement it)."""
+    """Receives what the batcher measures (Prometheus metrics and model statistics)."""
 
-    def batch(self, rows: int, infer_seconds: float) -> None:
-        """One forward pass of ``rows`` rows took ``infer_seconds``."""
+    def batch(self, rows: int, assemble_s: float, infer_s: float, split_s: float) -> None:
+        """One forward pass of ``rows`` rows: assembling the batch, running it, splitting it."""
 
-    def queue_wait(self, seconds: float) -> None:
-        """One request waited ``seconds`` in the queue."""
+    def job(self, queue_s: float, infer_s: float) -> None:
+        """One request waited ``queue_s`` for its batch, whose forward pass took ``infer_s``."""
+
+
+class Observers:
+    """Several observers as one."""
+
+    def __init__(self, *observers: BatchObserver) -> None:
+        """Tell each of ``observers`` everything."""
+        self.observers = observers
+
+    def batch(self, rows: int, assemble_s: float, infer_s: float, split_s: float) -> None:
+        """Forward to every observer."""
+        for o in self.observers:
+            o.batch(rows, assemble_s, infer_s, split_s)
+
+    def job(self, queue_s: float, infer_s: float) -> None:
+        """Forward to every observer."""
+        for o in self.observers:
+            o.job(queue_s, infer_s)
 
 
 @dataclass
@@ -176,10 +194,7 @@ class MicroBatcher:
             live = [j for j in jobs if not j.future.done()]  # skip callers that went away
             if not live:
                 continue
-            now = time.perf_counter()
-            if self.observer:
-                for j in live:
-                    self.observer.queue_wait(now - j.enqueued)
+            assembling = time.perf_counter()
             if len(live) == 1:
                 batch = live[0].inputs
             else:
@@ -198,16 +213,21 @@ class MicroBatcher:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
-            elapsed = time.perf_counter() - started
+            finished = time.perf_counter()
+            elapsed = finished - started
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            if self.observer:
-                self.observer.batch(len(next(iter(batch.values()))), elapsed)
             offset = 0
             for j in live:
                 rows = {k: out[k][offset : offset + j.rows] for k in j.outputs}
                 offset += j.rows
                 if not j.future.done():
                     j.future.set_result(rows)
+            if self.observer:
+                split = time.perf_counter() - finished
+                total = sum(j.rows for j in live)
+                self.observer.batch(total, started - assembling, elapsed, split)
+                for j in live:
+                    self.observer.job(assembling - j.enqueued, elapsed)
 
 
 class PassThrough:
@@ -272,8 +292,9 @@ class PassThrough:
         started = time.perf_counter()
         out = await self.run(part, outputs)
         if self.observer:
-            self.observer.queue_wait(0.0)
-            self.observer.batch(_rows(part), time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.observer.batch(_rows(part), 0.0, elapsed, 0.0)
+            self.observer.job(0.0, elapsed)
         return out
 
 

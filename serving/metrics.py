@@ -70,11 +70,11 @@ class BatchMetrics:
         """Observe batches of ``model``."""
         self.m, self.model = metrics, model
 
-    def batch(self, rows: int, infer_seconds: float) -> None:
+    def batch(self, rows: int, assemble_s: float, infer_s: float, split_s: float) -> None:
         """Record one forward pass."""
         self.m.batch_size.labels(self.model).observe(rows)
-        self.m.inference.labels(self.model).observe(infer_seconds)
+        self.m.inference.labels(self.model).observe(infer_s)
 
-    def queue_wait(self, seconds: float) -> None:
+    def job(self, queue_s: float, infer_s: float) -> None:
         """Record one request's wait."""
-        self.m.queue_wait.labels(self.model).observe(seconds)
+        self.m.queue_wait.labels(self.model).observe(queue_s)

@@ -6,6 +6,11 @@ made visible. A new version directory is loaded beside the serving ones and swap
 atomically; requests already running keep the version object they started with. A version that
 fails to load is logged, counted, and skipped (retried only when its directory changes); the
 versions already serving are untouched.
+
+Model control follows Triton's modes: ``poll`` (scan every ``reload_interval_s``), ``none``
+(load what is on disk once, at start) and ``explicit`` (load and unload only when asked through
+the model repository extension; the models named at start load first, ``*`` meaning all).
+Directories whose names are not versions (ASCII digits, >= 1) are ignored, with a log line.
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from serving.backends.base import Backend
 from serving.backends.factory import BackendFactory
-from serving.batching import MicroBatcher, PassThrough
-from serving.errors import BackendUnavailable, ModelLoadError, NotFound
-from serving.manifest import Manifest, ManifestError
+from serving.batching import MicroBatcher, Observers, PassThrough
+from serving.errors import BackendUnavailable, BadRequest, ModelLoadError, NotFound
+from serving.manifest import Manifest, ManifestError, version_number
 from serving.metrics import Metrics
+from serving.statistics import VersionStatistics
+
+ControlMode = Literal["poll", "none", "explicit"]
 
 #: The protocol's name of each NumPy dtype a graph output may have (as backends report them).
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}
@@ -55,6 +64,7 @@ class ModelVersion:
     manifest: Manifest
     backend: Backend
     batcher: MicroBatcher | PassThrough
+    stats: VersionStatistics
     loaded_at: float = field(default_factory=time.time)
 
     async def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -169,13 +179,25 @@ class ModelRepository:
         batching: BatchingConfig,
         metrics: Metrics,
         max_versions: int = 2,
+        control: ControlMode = "poll",
+        startup_models: Sequence[str] = ("*",),
     ) -> None:
-        """Serve ``root``; ``backend_factory`` opens a model file (ONNX Runtime by default)."""
+        """Serve ``root``; ``backend_factory`` opens a model file (ONNX Runtime by default).
+
+        ``control`` is the model control mode; ``startup_models`` (explicit mode) the models
+        loaded at start, ``*`` for every model on disk.
+        """
         self.root = Path(root)
         self.backend_factory = backend_factory
         self.batching = batching
         self.metrics = metrics
         self.max_versions = max_versions
+        self.control = control
+        # the models this repository serves: every one on disk (None), or those asked for
+        self._wanted: set[str] | None = None
+        if control == "explicit" and "*" not in startup_models:
+            self._wanted = set(startup_models)
+        self._ignored: set[Path] = set()
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._failed: dict[tuple[str, int], tuple[tuple[float, ...], str]] = {}
         self._lock = asyncio.Lock()
@@ -214,8 +236,18 @@ class ModelRepository:
         return {f"{n}/{v}": why for (n, v), (_, why) in self._failed.items()}
 
     def ready(self) -> bool:
-        """True when every model on disk has a version serving."""
+        """True when every model served has a version loaded (in explicit mode, none may be)."""
+        if self.control == "explicit" and self._wanted is not None and not self._wanted:
+            return True
         return bool(self._models) and all(self._models.values())
+
+    def on_disk(self) -> list[str]:
+        """Every model directory in the repository, loaded or not."""
+        return sorted(self._on_disk())
+
+    def unloaded(self) -> list[str]:
+        """Models on disk this repository does not serve (explicit mode: not loaded)."""
+        return [n for n in self.on_disk() if n not in self._models]
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -224,7 +256,7 @@ class ModelRepository:
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository not found: {self.root}")
         await self.refresh()
-        if reload_interval_s > 0:
+        if reload_interval_s > 0 and self.control == "poll":
             self._task = asyncio.get_running_loop().create_task(self._poll(reload_interval_s))
 
     async def stop(self) -> None:
@@ -253,22 +285,71 @@ class ModelRepository:
         for model_dir in sorted(self.root.iterdir()):
             if not model_dir.is_dir() or model_dir.name.startswith("."):
                 continue
-            versions = [
-                int(p.name)
-                for p in model_dir.iterdir()
-                if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-            ]
+            versions = []
+            for p in model_dir.iterdir():
+                if not p.is_dir():
+                    continue
+                number = version_number(p.name)
+                if number is not None:
+                    versions.append(number)
+                elif p not in self._ignored:
+                    self._ignored.add(p)  # said once, not at every scan
+                    log.warning(
+                        "ignoring %s: a version directory is named with ASCII digits (>= 1)", p
+                    )
             found[model_dir.name] = sorted(versions)
         return found
 
-    async def refresh(self) -> None:
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name``'s newest versions from disk: explicit mode only."""
+        self._explicit_only("load")
+        if name not in self._on_disk():
+            raise BadRequest(
+                f"failed to load {name!r}: no such model in the repository; "
+                f"models: {', '.join(self.on_disk()) or 'none'}"
+            )
+        if self._wanted is not None:
+            self._wanted.add(name)
+        await self.refresh(only=name)
+        if not self._models.get(name):
+            why = "; ".join(
+                f"version {v}: {reason}"
+                for (n, v), (_, reason) in self._failed.items()
+                if n == name
+            )
+            raise BadRequest(f"failed to load {name!r}: {why or 'no version could be loaded'}")
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` (its versions close once their requests finish)."""
+        self._explicit_only("unload")
+        async with self._lock:
+            if self._wanted is None:
+                self._wanted = set(self._models)
+            self._wanted.discard(name)
+            for mv in self._models.pop(name, {}).values():
+                log.info("unloading %s version %d", name, mv.version)
+                self._retire(mv)
+            self.metrics.loaded.labels(name).set(0)
+
+    def _explicit_only(self, what: str) -> None:
+        if self.control != "explicit":
+            raise BadRequest(
+                f"explicit model {what} is not allowed: the model control mode is "
+                f"{self.control!r} (start the server with POLYHEAD_MODEL_CONTROL_MODE=explicit)"
+            )
+
+    async def refresh(self, only: str | None = None) -> None:
         """Bring the loaded set in line with the disk: load new versions, drop removed ones.
 
         Per model, the newest ``max_versions`` versions that load successfully serve; a version
-        that fails leaves the older ones in place.
+        that fails leaves the older ones in place. ``only`` limits the scan to one model.
         """
         async with self._lock:
-            on_disk = self._on_disk()
+            on_disk = {
+                n: v
+                for n, v in self._on_disk().items()
+                if (self._wanted is None or n in self._wanted) and only in (None, n)
+            }
             for name, versions in on_disk.items():
                 current = self._models.setdefault(name, {})
                 keep: list[int] = []
@@ -283,7 +364,7 @@ class ModelRepository:
                     log.info("retiring %s version %d", name, v)
                     self._retire(current.pop(v))
                 self.metrics.loaded.labels(name).set(len(current))
-            for name in [n for n in self._models if n not in on_disk]:
+            for name in [n for n in self._models if n not in on_disk and only in (None, n)]:
                 for mv in self._models.pop(name).values():
                     self._retire(mv)
 
@@ -319,6 +400,8 @@ class ModelRepository:
             version=version,
         )
         b = self.batching
+        stats = VersionStatistics(name, version)
+        observer = Observers(self.metrics.observer(name), stats)
         batcher: MicroBatcher | PassThrough
         if getattr(backend, "batches_itself", False):
             # the backend (Triton's dynamic batcher) merges requests: one call per request
@@ -326,7 +409,7 @@ class ModelRepository:
                 backend.infer,
                 max_batch_size=manifest.max_batch_size,
                 max_in_flight=b.max_queue_size,
-                observer=self.metrics.observer(name),
+                observer=observer,
             )
         else:
             batcher = MicroBatcher(
@@ -334,9 +417,9 @@ class ModelRepository:
                 max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
                 max_queue_delay_ms=b.max_queue_delay_ms,
                 max_queue_size=b.max_queue_size,
-                observer=self.metrics.observer(name),
+                observer=observer,
             )
-        return ModelVersion(name, version, path, manifest, backend, batcher)
+        return ModelVersion(name, version, path, manifest, backend, batcher, stats)
 
     def _retire(self, mv: ModelVersion) -> None:
         """Close a version that no longer serves, after requests that hold it have finished."""

@@ -1,15 +1,19 @@
 """The protocol-neutral core: validate, pre-process, batch, run once, decode.
 
-Routes (``serving.api``) and batch scoring call this; it knows nothing about HTTP.
+Every API (``/v1``, v2 over HTTP and gRPC) goes through ``PredictionService.run``: prepare the
+inputs, bound the response, one forward pass through the model's batcher, decode; each request
+is counted once in the metrics and once in its version's statistics. Batch scoring shares the
+pre- and post-processing functions. It knows nothing about HTTP or gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -65,6 +69,19 @@ def prepare_image(
     if min(h, w) < limits.min_side:
         raise InvalidImage(f"image is {w}x{h}; each side must be at least {limits.min_side} pixels")
     return x, g
+
+
+@dataclass(frozen=True)
+class Plan(Generic[T]):
+    """What a request produces, known once its inputs are prepared."""
+
+    outputs: list[str]  # the graph outputs to fetch
+    size: int  # an upper bound on the response's bytes (held to the output budget)
+    shrink: str  # how the client can make the response smaller, for the 413 message
+    decode: Callable[[dict[str, np.ndarray]], T]  # the graph outputs -> the response
+
+
+Prepared = tuple[np.ndarray, list[Geometry]]
 
 
 class PredictionService:
@@ -123,17 +140,46 @@ class PredictionService:
         inputs = [p for p in prepared if not isinstance(p, BaseException)]
         return np.stack([x for x, _ in inputs]), [g for _, g in inputs]
 
-    async def on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-bound work (decoding, encoding) on the codec threads."""
-        return await self._on_cpu(fn, *args)
-
-    async def forward(
+    async def _forward(
         self, mv: ModelVersion, batch: np.ndarray, outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """The one forward pass of a request (through the model's batcher), counted once."""
         out = await mv.infer(batch, outputs)
         self.metrics.images.labels(mv.name).inc(len(batch))
         return out
+
+    async def run(
+        self,
+        mv: ModelVersion,
+        inputs: Sequence[bytes] | Prepared,
+        plan: Callable[[list[Geometry]], Plan[T]],
+    ) -> T:
+        """One request, counted once: prepare, plan, check the budget, forward once, decode.
+
+        ``inputs`` are encoded images, or a checked N×3×H×W batch with its geometries.
+        """
+        started = time.perf_counter()
+        input_s = output_s = 0.0
+        ok = False
+        try:
+            if isinstance(inputs, tuple):
+                batch, geometries = inputs
+            else:
+                batch, geometries = await self.prepare(inputs, mv)
+            input_s = time.perf_counter() - started
+            p = plan(geometries)
+            check_budget(p.size, self.limits.max_response_bytes, p.shrink)
+            raw = await self._forward(mv, batch, p.outputs)
+            decoding = time.perf_counter()
+            if p.size <= INLINE_DECODE_BYTES:
+                result = p.decode(raw)
+            else:
+                result = await self._on_cpu(p.decode, raw)
+            output_s = time.perf_counter() - decoding
+            ok = True
+            return result
+        finally:
+            mv.stats.request(ok, time.perf_counter() - started, input_s, output_s)
 
     async def predict(
         self,
@@ -146,17 +192,17 @@ class PredictionService:
         """Decoded predictions of every selected task for every image, in request order."""
         mv = self.repository.get(model, version)
         selected = select_tasks(mv.manifest, tasks)
-        options = options or DecodeOptions()
-        batch, geometries = await self.prepare(images, mv)
-        size = v1_response_bytes(selected, geometries, options)
-        check_budget(size, self.limits.max_response_bytes, V1_SHRINK)
-        outputs = await self.forward(mv, batch, needed_outputs(selected))
-        if size <= INLINE_DECODE_BYTES:
-            predictions = decode_predictions(outputs, selected, geometries, options)
-        else:
-            predictions = await self._on_cpu(
-                decode_predictions, outputs, selected, geometries, options
+        opts = options or DecodeOptions()
+
+        def plan(geometries: list[Geometry]) -> Plan[list[dict[str, Any]]]:
+            return Plan(
+                needed_outputs(selected),
+                v1_response_bytes(selected, geometries, opts),
+                V1_SHRINK,
+                lambda raw: decode_predictions(raw, selected, geometries, opts),
             )
+
+        predictions = await self.run(mv, images, plan)
         return {
             "model": mv.name,
             "version": mv.version,

@@ -58,9 +58,16 @@ class Settings(BaseSettings):
     # model repository
     reload_interval_s: float = Field(2.0, ge=0.0)  # 0 disables hot reload
     max_versions: int = Field(2, ge=1, le=100)  # newest versions kept loaded per model
+    # Triton's model control modes: poll (hot reload every reload_interval_s), none (load once
+    # at start), explicit (load/unload through POST /v2/repository/models/NAME/load|unload;
+    # load_models are loaded at start, "*" for every model)
+    model_control_mode: Literal["poll", "none", "explicit"] = "poll"
+    load_models: list[str] = Field(default_factory=lambda: ["*"])
 
     # requests
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # request line and headers together (431 beyond it, before the app sees the request)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     max_image_pixels: int = Field(40_000_000, ge=64)
     min_image_side: int = Field(8, ge=1)
     max_images_per_request: int = Field(64, ge=1)

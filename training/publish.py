@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.manifest import Manifest
+from serving.manifest import Manifest, version_number
 from serving.manifest.triton_config import config_from_manifest, to_pbtxt
 from training.checkpoint import fsync_dir
 from training.errors import ExportError
@@ -30,7 +30,9 @@ def existing_versions(model_dir: Path) -> list[int]:
     """Integer-named version directories of a model, sorted."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(
+        v for p in model_dir.iterdir() if p.is_dir() and (v := version_number(p.name)) is not None
+    )
 
 
 def file_sha256(path: Path) -> str:

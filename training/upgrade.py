@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.manifest import Manifest
+from serving.manifest import Manifest, version_number
 from training.errors import ExportError
 from training.graph_decoding import append_decoded_outputs_file, decoded_names
 from training.onnx_checks import Agreement, check_decoded, check_onnx, check_same_raw
@@ -124,7 +124,7 @@ def publish_upgrade(version_dir: str | Path) -> tuple[int, Path, UpgradeResult]:
         The new version number, its directory, and the upgrade's numbers.
     """
     version_dir = Path(version_dir)
-    if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+    if version_number(version_dir.name) is None:
         raise ExportError(
             f"--upgrade takes REPO/NAME/VERSION with VERSION a number >= 1, got {version_dir}"
         )

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving.api import health, page, v1, v2
+from serving.api import health, page, v1
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimit, RequestMetrics
+from serving.api.v2 import rest as v2_rest
+from serving.api.v2.protocol import InferenceProtocol
 from serving.backends.factory import BackendFactory, backend_factory_for
 from serving.metrics import Metrics
-from serving.oip import InferenceProtocol
 from serving.repository import BatchingConfig, ModelRepository
 from serving.service import PredictionService, RequestLimits
 from serving.settings import Settings
@@ -35,6 +36,8 @@ def create_app(
         ),
         metrics,
         max_versions=settings.max_versions,
+        control=settings.model_control_mode,
+        startup_models=settings.load_models,
     )
     service = PredictionService(
         repository,
@@ -55,7 +58,7 @@ def create_app(
         log.info("serving %s from %s", repository.names(), settings.repo)
         grpc_server = None
         if settings.grpc_port is not None:
-            from serving.api.grpc_service import start_grpc_server
+            from serving.api.v2.grpc_server import start_grpc_server
 
             grpc_server, app.state.grpc_port = await start_grpc_server(
                 protocol, settings, metrics, settings.grpc_port
@@ -83,7 +86,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(v1.router)
-    app.include_router(v2.router)
+    app.include_router(v2_rest.router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

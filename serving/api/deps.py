@@ -6,12 +6,11 @@ hops per request cost more than the model on a small input (seen in a py-spy pro
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.errors import Unauthorized
+from serving.auth import check_key
 from serving.repository import ModelRepository
 from serving.service import PredictionService
 from serving.settings import Settings
@@ -33,20 +32,11 @@ async def get_repository(request: Request) -> ModelRepository:
 
 
 async def require_api_key(request: Request) -> None:
-    """401 unless a configured API key is given (``X-API-Key`` or ``Authorization: Bearer``)."""
+    """401 unless a configured API key is given (the rule of ``serving.auth``)."""
     settings: Settings = request.app.state.settings
-    if not settings.api_keys:
-        return
-    given = request.headers.get("x-api-key", "")
-    auth = request.headers.get("authorization", "")
-    if not given and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    # compare against every key, always, in constant time per key
-    ok = False
-    for key in settings.api_keys:
-        ok |= hmac.compare_digest(given.encode(), key.get_secret_value().encode())
-    if not ok:
-        raise Unauthorized("missing or invalid API key (send X-API-Key or Authorization: Bearer)")
+    check_key(
+        settings.api_keys, request.headers.get("x-api-key"), request.headers.get("authorization")
+    )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.api.errors import error_response
+from serving.api.openapi import errors
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,7 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", summary="Every model has a version serving")
+@router.get("/v2/health/ready", summary="Every model has a version serving", responses=errors(503))
 async def ready(request: Request) -> Response:
     """200 when every model has a version whose backend can serve now, 503 otherwise."""
     repo = request.app.state.repository

@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from serving.api.deps import Authorized, RepositoryDep, ServiceDep, SettingsDep
+from serving.api.openapi import errors
 from serving.decoding import parse_options
 from serving.errors import BadRequest, UnsupportedMediaType
 from serving.kinds import get_kind
@@ -91,7 +92,7 @@ def describe(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="List the models and their loaded versions")
+@router.get("/models", summary="List the models and their loaded versions", responses=errors(401))
 async def list_models(repo: RepositoryDep) -> dict[str, Any]:
     """Every model with at least one version serving."""
     return {
@@ -103,7 +104,11 @@ async def list_models(repo: RepositoryDep) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}", summary="Describe a model: tasks, labels, input, version, device")
+@router.get(
+    "/models/{name}",
+    summary="Describe a model: tasks, labels, input, version, device",
+    responses=errors(400, 401, 404),
+)
 async def get_model(name: str, repo: RepositoryDep, version: int | None = None) -> dict[str, Any]:
     """The newest (or the pinned) version of a model."""
     return describe(repo.get(name, version), repo.versions(name))
@@ -166,6 +171,7 @@ async def _read_images(request: Request, settings: Any) -> list[bytes]:
     summary="Predict every task for one or more images (one forward pass)",
     openapi_extra=_PREDICT_BODY,
     response_class=JSONBytes,
+    responses=errors(400, 401, 404, 413, 415, 503),
 )
 async def predict(
     name: str,

@@ -265,6 +265,18 @@ class Manifest(_Frozen):
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
 
 
+def version_number(text: str) -> int | None:
+    """A model version written in ASCII digits (``"3"``) as an int >= 1; None for anything else.
+
+    One rule for version directories and for versions in URLs and gRPC fields: ``str.isdigit``
+    alone also takes other scripts' digits and superscripts (``"١"``, ``"²"``).
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    number = int(text)
+    return number if number >= 1 else None
+
+
 def render_errors(e: ValidationError, title: str) -> str:
     """One ``field.path: message`` line per validation error."""
     lines = [f"{title}:"]
@@ -284,4 +296,5 @@ __all__ = [
     "Provenance",
     "TaskSpec",
     "render_errors",
+    "version_number",
 ]

@@ -31,7 +31,7 @@ from serving.decoding import (
 from serving.errors import NotFound, PolyheadError
 from serving.geometry import Geometry
 from serving.kinds import DecodeOptions
-from serving.manifest import Manifest
+from serving.manifest import Manifest, version_number
 from serving.repository import open_version
 from serving.scoring.columns import RowLayout
 from serving.service import DEFAULT_MAX_RESPONSE_BYTES, RequestLimits, prepare_image, select_tasks
@@ -94,7 +94,9 @@ def resolve_version(repo: Path, model: str, version: int | None) -> int:
     if not model_dir.is_dir():
         known = sorted(p.name for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []
         raise NotFound(f"unknown model {model!r} in {repo}; models: {', '.join(known) or 'none'}")
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = sorted(
+        v for p in model_dir.iterdir() if p.is_dir() and (v := version_number(p.name)) is not None
+    )
     if version is None:
         if not versions:
             raise NotFound(f"model {model!r} has no version in {model_dir}")

@@ -571,11 +571,6 @@ BAD = {
         ),
         "NaN",
     ),
-    "unknown output": (
-        _header([{**IMG, "data": [0.0] * 49152}], outputs=[{"name": "semseg.png"}]),
-        {},
-        "unknown output",
-    ),
     "strings as FP32 data": (_header([{**IMG, "data": ["a"] * 49152}]), {}, "numbers"),
     "INT32 image": (
         _header([{**IMG, "datatype": "INT32", "data": [0] * 49152}]),
@@ -624,10 +619,13 @@ def test_gateway_still_serves_after_malformed_requests(server, session):
         c.close()
 
 
-def test_unknown_model_is_404_and_bad_encoding_is_415(server):
+def test_unknown_model_or_output_is_404_and_bad_encoding_is_415(server):
     http, _ = server
     r = httpx.post(f"http://{http}/v2/models/nope/infer", content=_header([IMG]))
     assert r.status_code == 404 and "unknown model" in r.json()["error"]
+    body = _header([{**IMG, "data": [0.0] * 49152}], outputs=[{"name": "semseg.png"}])
+    r = httpx.post(f"http://{http}/v2/models/scenes/infer", content=body)
+    assert r.status_code == 404 and "unknown output" in r.json()["error"]
     r = httpx.post(
         f"http://{http}/v2/models/scenes/infer",
         content=gzip.compress(b"{}"),

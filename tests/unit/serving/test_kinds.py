@@ -12,6 +12,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from serving.api.v2.outputs import output_plans
 from serving.codecs import decode_array
 from serving.decoding import decode_predictions, laid_back, parse_options, task_bytes
 from serving.errors import BadRequest
@@ -19,7 +20,6 @@ from serving.geometry import Geometry
 from serving.kinds import KINDS, DecodeOptions, get_kind
 from serving.kinds.maps import target_size
 from serving.manifest import InputSpec, Manifest, TaskSpec
-from serving.oip import output_plans
 from serving.scoring.columns import RowLayout, prediction_from_row
 
 GRID = (16, 24)  # model input (H, W)
