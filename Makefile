@@ -9,8 +9,9 @@ PORT   ?= 8000
 
 TRITON_VENV ?= .venv-triton
 KSERVE_VENV ?= .venv-kserve
+PERF_VENV ?= .venv-perf
 
-.PHONY: serve test install-serve install-dev install-triton-test install-kserve-test lint typecheck unit demo-model clean
+.PHONY: serve test install-serve install-dev install-triton-test install-kserve-test install-perf-analyzer-test lint typecheck unit demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,17 @@ $(KSERVE_VENV)/bin/python:
 install-kserve-test: $(KSERVE_VENV)/bin/python
 	$(KSERVE_VENV)/bin/pip install -q kserve==0.21.0
 
+# Triton's perf_analyzer for tests/integration/test_perf_analyzer.py: the PyPI perf-analyzer
+# wheel needs glibc 2.38 (this Debian has 2.36); the binary inside tritonclient 2.51.0 needs
+# 2.34, libb64 (Debian) and libcudart (the CUDA runtime wheel; no GPU is needed to run it).
+$(PERF_VENV)/bin/python:
+	$(PYTHON) -m venv $(PERF_VENV)
+	echo '*' > $(PERF_VENV)/.gitignore
+
+install-perf-analyzer-test: $(PERF_VENV)/bin/python
+	dpkg -s libb64-0d >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libb64-0d)
+	$(PERF_VENV)/bin/pip install -q tritonclient==2.51.0 nvidia-cuda-runtime-cu12
+
 serve: install-serve
 	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)
 
@@ -51,7 +63,7 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-test: install-dev install-triton-test install-kserve-test lint typecheck
+test: install-dev install-triton-test install-kserve-test install-perf-analyzer-test lint typecheck
 	$(BIN)/python -m pytest
 
 # Rebuild the bundled demo model from scratch (about 25 minutes on 2 CPU cores).
@@ -62,4 +74,4 @@ demo-model: install-dev
 	$(BIN)/polyhead export --run runs/scenes --repo model_repo --name scenes
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) $(PERF_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -112,10 +112,13 @@ async def open_version(
     warm_up_batch: int = 1,
     name: str | None = None,
     version: int | None = None,
+    max_batch_size: int | None = None,
 ) -> tuple[Manifest, Backend]:
     """Load one version directory: its manifest, a backend, checked against the graph, warm.
 
     ``name`` and ``version``, when given, must match the manifest (the directory's names).
+    The warm-up runs batch 1 and ``warm_up_batch`` (at most the manifest's max batch size), or
+    ``max_batch_size`` when given (a batch size that replaces the manifest's).
     Raises ModelLoadError for a broken version and BackendUnavailable for a backend that
     cannot be reached yet.
     """
@@ -135,7 +138,8 @@ async def open_version(
     backend = await asyncio.to_thread(backend_factory, path / MODEL_FILE, manifest)
     try:
         check_against_graph(manifest, backend)
-        await warm_up(manifest, backend, warm_up_batch)
+        batch = max_batch_size or min(warm_up_batch, manifest.max_batch_size)
+        await warm_up(manifest, backend, batch)
     except (ModelLoadError, BackendUnavailable):
         await backend.close()
         raise
@@ -146,10 +150,10 @@ async def open_version(
 
 
 async def warm_up(manifest: Manifest, backend: Backend, max_batch: int) -> None:
-    """Run zero images at batch 1 and at the largest batch; check every output's shape."""
+    """Run zero images at batch 1 and at ``max_batch``; check every output's shape."""
     inp = manifest.input
     names = [name for name, _, _ in manifest.graph_outputs]
-    for n in sorted({1, min(max_batch, manifest.max_batch_size)}):
+    for n in sorted({1, max_batch}):
         x = np.zeros((n, inp.channels, inp.height, inp.width), np.float32)
         out = await backend.infer({inp.name: x}, names)
         for name, dtype, shape in manifest.graph_outputs:
@@ -180,12 +184,12 @@ class ModelRepository:
         metrics: Metrics,
         max_versions: int = 2,
         control: ControlMode = "poll",
-        startup_models: Sequence[str] = ("*",),
+        startup_models: Sequence[str] = (),
     ) -> None:
         """Serve ``root``; ``backend_factory`` opens a model file (ONNX Runtime by default).
 
         ``control`` is the model control mode; ``startup_models`` (explicit mode) the models
-        loaded at start, ``*`` for every model on disk.
+        loaded at start, ``*`` for every model on disk (none by default, as Triton).
         """
         self.root = Path(root)
         self.backend_factory = backend_factory
@@ -198,6 +202,8 @@ class ModelRepository:
         if control == "explicit" and "*" not in startup_models:
             self._wanted = set(startup_models)
         self._ignored: set[Path] = set()
+        self._unloaded: set[str] = set()  # unloaded on request (and not loaded since)
+        self._max_batch: dict[str, int] = {}  # per-model max_batch_size set by a load's config
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._failed: dict[tuple[str, int], tuple[tuple[float, ...], str]] = {}
         self._lock = asyncio.Lock()
@@ -221,7 +227,10 @@ class ModelRepository:
         """The newest loaded version of ``name``, or the pinned ``version``."""
         versions = self._models.get(name)
         if not versions:
-            raise NotFound(f"unknown model {name!r}; models: {', '.join(self.names()) or 'none'}")
+            raise NotFound(
+                f"Request for unknown model: {name!r} is not found; "
+                f"models: {', '.join(self.names()) or 'none'}"
+            )
         if version is None:
             return versions[max(versions)]
         if version not in versions:
@@ -245,9 +254,9 @@ class ModelRepository:
         """Every model directory in the repository, loaded or not."""
         return sorted(self._on_disk())
 
-    def unloaded(self) -> list[str]:
-        """Models on disk this repository does not serve (explicit mode: not loaded)."""
-        return [n for n in self.on_disk() if n not in self._models]
+    def not_serving(self) -> dict[str, bool]:
+        """Models on disk not served, each with whether it was unloaded on request."""
+        return {n: n in self._unloaded for n in self.on_disk() if n not in self._models}
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -300,8 +309,12 @@ class ModelRepository:
             found[model_dir.name] = sorted(versions)
         return found
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) ``name``'s newest versions from disk: explicit mode only."""
+    async def load(self, name: str, max_batch_size: int | None = None) -> None:
+        """Load, or reload, ``name``'s newest versions from disk: explicit mode only.
+
+        ``max_batch_size`` (from a load request's config) replaces the configured one for this
+        model; the graph must then run at that batch size (the warm-up checks it).
+        """
         self._explicit_only("load")
         if name not in self._on_disk():
             raise BadRequest(
@@ -310,7 +323,10 @@ class ModelRepository:
             )
         if self._wanted is not None:
             self._wanted.add(name)
-        await self.refresh(only=name)
+        self._unloaded.discard(name)
+        if max_batch_size is not None:
+            self._max_batch[name] = max_batch_size
+        await self.refresh(only=name, reload=True)
         if not self._models.get(name):
             why = "; ".join(
                 f"version {v}: {reason}"
@@ -326,6 +342,8 @@ class ModelRepository:
             if self._wanted is None:
                 self._wanted = set(self._models)
             self._wanted.discard(name)
+            if name in self._models:
+                self._unloaded.add(name)
             for mv in self._models.pop(name, {}).values():
                 log.info("unloading %s version %d", name, mv.version)
                 self._retire(mv)
@@ -338,11 +356,12 @@ class ModelRepository:
                 f"{self.control!r} (start the server with POLYHEAD_MODEL_CONTROL_MODE=explicit)"
             )
 
-    async def refresh(self, only: str | None = None) -> None:
+    async def refresh(self, only: str | None = None, reload: bool = False) -> None:
         """Bring the loaded set in line with the disk: load new versions, drop removed ones.
 
         Per model, the newest ``max_versions`` versions that load successfully serve; a version
-        that fails leaves the older ones in place. ``only`` limits the scan to one model.
+        that fails leaves the older ones in place. ``only`` limits the scan to one model;
+        ``reload`` loads its versions again even when loaded (each swapped in when ready).
         """
         async with self._lock:
             on_disk = {
@@ -356,8 +375,8 @@ class ModelRepository:
                 for v in reversed(versions):
                     if len(keep) >= self.max_versions:
                         break
-                    if v not in current:
-                        await self._try_load(name, v)
+                    if v not in current or reload:
+                        await self._try_load(name, v, reload)
                     if v in current:
                         keep.append(v)
                 for v in [v for v in current if v not in keep]:
@@ -368,11 +387,11 @@ class ModelRepository:
                 for mv in self._models.pop(name).values():
                     self._retire(mv)
 
-    async def _try_load(self, name: str, version: int) -> None:
+    async def _try_load(self, name: str, version: int, reload: bool = False) -> None:
         path = self.root / name / str(version)
         sig = _signature(path)
         failed = self._failed.get((name, version))
-        if failed is not None and failed[0] == sig:
+        if failed is not None and failed[0] == sig and not reload:
             return
         try:
             mv = await self._load(name, version, path)
@@ -387,19 +406,25 @@ class ModelRepository:
             log.error("rejected %s version %d: %s", name, version, e.message)
             return
         self._failed.pop((name, version), None)
-        self._models.setdefault(name, {})[version] = mv  # visible only now, fully warmed
+        old = self._models.setdefault(name, {}).get(version)
+        self._models[name][version] = mv  # visible only now, fully warmed
+        if old is not None:
+            self._retire(old)
         self.metrics.loads.labels(name, "success").inc()
         log.info("serving %s version %d on %s", name, version, mv.backend.device)
 
     async def _load(self, name: str, version: int, path: Path) -> ModelVersion:
+        b = self.batching
+        wanted_batch = self._max_batch.get(name)
         manifest, backend = await open_version(
             path,
             self.backend_factory,
-            warm_up_batch=self.batching.max_batch_size,
+            warm_up_batch=b.max_batch_size,
             name=name,
             version=version,
+            max_batch_size=wanted_batch,
         )
-        b = self.batching
+        max_batch = wanted_batch or min(b.max_batch_size, manifest.max_batch_size)
         stats = VersionStatistics(name, version)
         observer = Observers(self.metrics.observer(name), stats)
         batcher: MicroBatcher | PassThrough
@@ -407,14 +432,14 @@ class ModelRepository:
             # the backend (Triton's dynamic batcher) merges requests: one call per request
             batcher = PassThrough(
                 backend.infer,
-                max_batch_size=manifest.max_batch_size,
+                max_batch_size=wanted_batch or manifest.max_batch_size,
                 max_in_flight=b.max_queue_size,
                 observer=observer,
             )
         else:
             batcher = MicroBatcher(
                 backend.infer,
-                max_batch_size=min(b.max_batch_size, manifest.max_batch_size),
+                max_batch_size=max_batch,
                 max_queue_delay_ms=b.max_queue_delay_ms,
                 max_queue_size=b.max_queue_size,
                 observer=observer,

@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     max_versions: int = Field(2, ge=1, le=100)  # newest versions kept loaded per model
     # Triton's model control modes: poll (hot reload every reload_interval_s), none (load once
     # at start), explicit (load/unload through POST /v2/repository/models/NAME/load|unload;
-    # load_models are loaded at start, "*" for every model)
+    # only load_models are loaded at start, '["*"]' for every model: Triton's --load-model)
     model_control_mode: Literal["poll", "none", "explicit"] = "poll"
-    load_models: list[str] = Field(default_factory=lambda: ["*"])
+    load_models: list[str] = Field(default_factory=list)
 
     # requests
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # the output budget: a response that would be larger is refused (413) before decoding
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3)
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # v2 tensor inputs with NaN or infinities: passed to the model as sent (Triton's way; the
+    # response counts them in its parameter nonfinite_input_values), or refused with a 400
+    reject_nonfinite_tensors: bool = False
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

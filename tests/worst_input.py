@@ -9,6 +9,7 @@ time and the gateway's peak memory during it (Linux: ``/proc/PID/clear_refs`` re
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -19,6 +20,7 @@ from functools import cache
 from pathlib import Path
 
 import httpx
+import numpy as np
 from PIL import Image
 
 PIXEL_LIMIT = (8000, 5000)
@@ -106,6 +108,57 @@ def _v2_grpc(outputs: list[str], params: dict) -> Callable[[str, str], int]:
     return send
 
 
+def _v2_json_base64(outputs: list[str], params: dict) -> Callable[[str, str], int]:
+    """Pure JSON: the image as base64 text (input parameter content_type=base64)."""
+
+    def send(url: str, grpc: str) -> int:
+        body = {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "datatype": "BYTES",
+                    "shape": [1, 1],
+                    "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(worst_png()).decode()],
+                }
+            ],
+            "outputs": [{"name": n} for n in outputs],
+            "parameters": params,
+        }
+        r = httpx.post(f"{url}/v2/models/scenes/infer", json=body, timeout=300)
+        return r.status_code
+
+    return send
+
+
+def _v2_tensor_json(rows: int) -> Callable[[str, str], int]:
+    """The most rows of FP32 tensor a request may carry, every raw output back as JSON."""
+
+    def send(url: str, grpc: str) -> int:
+        x = np.zeros((rows, 3, 128, 128), np.float32)
+        head = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": False},
+        }
+        header = json.dumps(head).encode()
+        r = httpx.post(
+            f"{url}/v2/models/scenes/infer",
+            content=header + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            timeout=300,
+        )
+        return r.status_code
+
+    return send
+
+
 DENSE_JSON = ["semseg.json", "depth.json", "normals.json", "edges.json"]
 DENSE = ["semseg.classes", "depth.depth", "normals.normals", "edges.probability"]
 ORIGINAL = {"resolution": "original"}
@@ -132,6 +185,14 @@ CASES = [
     Case("v2 gRPC, dense tensors at original", _v2_grpc(DENSE, ORIGINAL), (413,)),
     Case("v2 gRPC, class map at original", _v2_grpc(DENSE[:1], ORIGINAL), (200,)),
     Case("v2 gRPC, dense TASK.json (model grid)", _v2_grpc(DENSE_JSON, {}), (200,)),
+    Case(
+        "v2 pure JSON (base64 image), dense TASK.json at original",
+        _v2_json_base64(DENSE_JSON, ORIGINAL),
+        (413,),
+    ),
+    Case("v2 pure JSON (base64 image), every raw output", _v2_json_base64([], {}), (200,)),
+    Case("v2 HTTP, 64 FP32 rows, raw outputs as JSON", _v2_tensor_json(64), (413,)),
+    Case("v2 HTTP, 8 FP32 rows, raw outputs as JSON", _v2_tensor_json(8), (200,)),
 ]
 
 

@@ -50,7 +50,7 @@ def create_app(
         metrics,
     )
 
-    protocol = InferenceProtocol(service)
+    protocol = InferenceProtocol(service, settings.reject_nonfinite_tensors)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

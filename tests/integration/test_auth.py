@@ -59,6 +59,43 @@ def test_v2_http_and_grpc_need_a_valid_key(served):
         client.close()
 
 
+def test_one_rule_for_every_rpc_and_route(served):
+    """Every call needs the key but the server-level health checks, over HTTP and gRPC alike."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    url, grpc_port = served
+    for path in ("/v2", "/v2/models/scenes/ready", "/v2/models/scenes/config", "/v2/models/stats"):
+        assert httpx.get(f"{url}{path}").status_code == 401, path
+        assert httpx.get(f"{url}{path}", headers={"x-api-key": KEY}).status_code == 200, path
+    assert httpx.post(f"{url}/v2/repository/index").status_code == 401
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(f"{url}{path}").status_code == 200, path
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        guarded = [
+            (stub.ModelReady, pb.ModelReadyRequest(name="scenes")),
+            (stub.ServerMetadata, pb.ServerMetadataRequest()),
+            (stub.ModelMetadata, pb.ModelMetadataRequest(name="scenes")),
+            (stub.ModelConfig, pb.ModelConfigRequest(name="scenes")),
+            (stub.ModelStatistics, pb.ModelStatisticsRequest(name="scenes")),
+            (stub.RepositoryIndex, pb.RepositoryIndexRequest()),
+            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="scenes")),
+        ]
+        for call, request in guarded:
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, call
+        meta = (("x-api-key", KEY),)
+        assert stub.ModelReady(pb.ModelReadyRequest(name="scenes"), metadata=meta).ready
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.ModelStreamInfer(iter([pb.ModelInferRequest(model_name="scenes")])))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_v1_needs_a_valid_key(url):
     assert httpx.get(f"{url}/v1/models").status_code == 401
     assert httpx.get(f"{url}/v1/models", headers={"x-api-key": "wrong" * 5}).status_code == 401

@@ -126,6 +126,8 @@ def parse_request(req: pb.ModelInferRequest) -> InferRequest:
 def render_response(resp: InferResponse) -> pb.ModelInferResponse:
     """A response as gRPC, every output in ``raw_output_contents``."""
     out = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id or "")
+    for key, value in resp.parameters.items():
+        out.parameters[key].string_param = str(value)
     for t in resp.outputs:
         out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         out.raw_output_contents.append(to_bytes(t))

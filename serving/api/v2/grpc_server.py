@@ -202,7 +202,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelLoadResponse:
         """Load a model (explicit model control mode)."""
         _check_control(request, "load")
-        await self.protocol.load(request.model_name)
+        config = request.parameters.get("config")
+        await self.protocol.load(request.model_name, None if config is None else _parameter(config))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -234,11 +235,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
 
 
+def _parameter(p: Any) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
 def _check_control(request: Any, what: str) -> None:
     if request.repository_name:
         raise BadRequest("this server has one repository: leave repository_name empty")
-    if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):
-        raise BadRequest(f"{what} with a config or files in the request is not supported")
+    if any(k.startswith("file:") for k in request.parameters):
+        raise BadRequest(f"{what}: model files in the request are not supported")
 
 
 async def start_grpc_server(

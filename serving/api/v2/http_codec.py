@@ -295,6 +295,8 @@ def render_infer_response(response: InferResponse, request: InferRequest) -> tup
     }
     if response.id is not None:
         head["id"] = response.id
+    if response.parameters:
+        head["parameters"] = response.parameters
     header = orjson.dumps(head)
     if not chunks:
         return header, 0

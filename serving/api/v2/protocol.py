@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from serving.api.v2.outputs import (
     OutputPlan,
@@ -38,7 +39,6 @@ EXTENSIONS = [
     "classification",
     "binary_tensor_data",
     "model_repository",
-    "model_repository(unload_dependents)",
     "statistics",
 ]
 _TRITON_TYPES = {
@@ -49,19 +49,56 @@ _TRITON_TYPES = {
     "BYTES": "TYPE_STRING",
 }
 _FLOAT_INPUTS = ("FP32", "FP16", "FP64")
+_MAX_BATCH = 1024
 _V2_SHRINK = (
     "set the request parameter resolution to 'model' (the default) or a smaller max_side, "
     "ask for binary outputs, fewer outputs, or fewer images per request"
 )
 
 
+def _max_batch_override(name: str, config: Any) -> int | None:
+    """The ``max_batch_size`` a load request's config sets (None: keep the configured one)."""
+    if config is None:
+        return None
+    if not isinstance(config, str):
+        raise BadRequest(f"failed to load {name!r}: parameter 'config' must be a JSON string")
+    try:
+        cfg = orjson.loads(config)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"failed to load {name!r}: config is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise BadRequest(f"failed to load {name!r}: config must be a JSON object")
+    other = sorted(set(cfg) - {"name", "max_batch_size"})
+    if other:
+        raise BadRequest(
+            f"failed to load {name!r}: a load request may set max_batch_size only, "
+            f"not {', '.join(other)}"
+        )
+    if cfg.get("name", name) != name:
+        raise BadRequest(f"failed to load {name!r}: config is for model {cfg['name']!r}")
+    size = cfg.get("max_batch_size")
+    if size is None:
+        return None
+    if isinstance(size, str) and size.isascii() and size.isdigit():
+        size = int(size)  # protobuf JSON may quote integers
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= _MAX_BATCH:
+        raise BadRequest(
+            f"failed to load {name!r}: max_batch_size must be an integer from 1 to {_MAX_BATCH}"
+        )
+    return size
+
+
 class InferenceProtocol:
     """Server and model metadata, readiness, statistics, repository and inference."""
 
-    def __init__(self, service: PredictionService) -> None:
-        """Answer v2 calls from ``service``'s repository and its one path to the model."""
+    def __init__(self, service: PredictionService, reject_nonfinite: bool = False) -> None:
+        """Answer v2 calls from ``service``'s repository and its one path to the model.
+
+        ``reject_nonfinite`` refuses tensor inputs with NaN or infinite values (400).
+        """
         self.service = service
         self.repository = service.repository
+        self.reject_nonfinite = reject_nonfinite
 
     # ---- metadata and readiness --------------------------------------------------------
 
@@ -175,7 +212,7 @@ class InferenceProtocol:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """``POST /v2/repository/index``: every model in the repository and its versions' state."""
         index: list[dict[str, Any]] = [
-            {"name": n, "version": str(v), "state": "READY", "reason": ""}
+            {"name": n, "version": str(v), "state": "READY"}
             for n in self.repository.names()
             for v in self.repository.versions(n)
         ]
@@ -185,14 +222,22 @@ class InferenceProtocol:
             n, v = key.rsplit("/", 1)
             index.append({"name": n, "version": v, "state": "UNAVAILABLE", "reason": why})
         listed = {e["name"] for e in index}
-        for n in self.repository.unloaded():
-            if n not in listed:
-                index.append({"name": n, "state": "UNAVAILABLE", "reason": "unloaded"})
+        for n, unloaded in self.repository.not_serving().items():
+            if n in listed:
+                continue
+            # as Triton: a model unloaded on request says so; one never loaded is a name only
+            entry = {"name": n, "state": "UNAVAILABLE", "reason": "unloaded"}
+            index.append(entry if unloaded else {"name": n})
         return sorted(index, key=lambda e: (e["name"], int(e.get("version", "0"))))
 
-    async def load(self, name: str) -> None:
-        """``POST /v2/repository/models/{name}/load`` (explicit model control mode)."""
-        await self.repository.load(check_model_name(name))
+    async def load(self, name: str, config: Any = None) -> None:
+        """``POST /v2/repository/models/{name}/load`` (explicit model control mode).
+
+        ``config`` is the request's JSON model configuration, if any: of Triton's fields the
+        gateway takes ``name`` (which must match) and ``max_batch_size``.
+        """
+        name = check_model_name(name)
+        await self.repository.load(name, _max_batch_override(name, config))
 
     async def unload(self, name: str) -> None:
         """``POST /v2/repository/models/{name}/unload`` (explicit model control mode)."""
@@ -212,7 +257,9 @@ class InferenceProtocol:
             if o.classification is not None
         }
         options = self._options(request.parameters)
-        inputs = self._inputs(request.inputs, mv)
+        used, ignored = self._choose_input(request.inputs, mv)
+        notes: dict[str, Any] = {"ignored_inputs": ",".join(ignored)} if ignored else {}
+        inputs = self._inputs(used, mv, notes)
         needed = list(dict.fromkeys(o for p in wanted for o in p.graph_outputs))
         needed = needed or [manifest.tasks[0].output]
 
@@ -233,7 +280,8 @@ class InferenceProtocol:
             )
 
         outputs = await self.service.run(mv, inputs, plan)
-        return InferResponse(mv.name, str(mv.version), outputs, request.id)
+        params = {k: v for k, v in notes.items() if v}
+        return InferResponse(mv.name, str(mv.version), outputs, request.id, params)
 
     @staticmethod
     def _requested(request: InferRequest, plans: dict[str, OutputPlan]) -> list[str]:
@@ -262,20 +310,37 @@ class InferenceProtocol:
                 raise BadRequest(f"parameter {name!r} must be an integer")
         return parse_options(enc, res, k, side)
 
-    def _inputs(
-        self, inputs: list[Tensor], mv: ModelVersion
-    ) -> list[bytes] | tuple[np.ndarray, list[Geometry]]:
-        """Encoded images to prepare, or a checked tensor batch with its geometries."""
+    @staticmethod
+    def _choose_input(inputs: list[Tensor], mv: ModelVersion) -> tuple[Tensor, list[str]]:
+        """The input the forward pass uses, and those it ignores.
+
+        Both inputs are optional and one is used: the tensor when both are sent (as generic
+        load generators such as perf_analyzer do, filling every input the metadata lists), and
+        the response then names the ignored one in its parameter ``ignored_inputs``.
+        """
         spec = mv.manifest.input
         names = [t.name for t in inputs]
-        expected = f"send either {spec.name!r} (FP32 [N,3,{spec.height},{spec.width}]) or "
+        expected = f"send {spec.name!r} (FP32 [N,3,{spec.height},{spec.width}]) or "
         expected += f"{ENCODED_INPUT!r} (BYTES [N,1], encoded images)"
         unknown = [n for n in names if n not in (spec.name, ENCODED_INPUT)]
         if unknown:
             raise BadRequest(f"unknown input(s) {unknown}: {expected}")
-        if len(inputs) != 1:
-            raise BadRequest(f"got inputs {names}: {expected}")
-        t = inputs[0]
+        if not inputs:
+            raise BadRequest(f"no input: {expected}")
+        if len(inputs) == 1:
+            return inputs[0], []
+        return next(t for t in inputs if t.name == spec.name), [ENCODED_INPUT]
+
+    def _inputs(
+        self, t: Tensor, mv: ModelVersion, notes: dict[str, Any]
+    ) -> list[bytes] | tuple[np.ndarray, list[Geometry]]:
+        """Encoded images to prepare, or a checked tensor batch with its geometries.
+
+        Tensor values are the model's input as sent, NaN and infinities included (as Triton
+        passes them; perf_analyzer's random inputs have them): the response's parameter
+        ``nonfinite_input_values`` counts them, and ``reject_nonfinite`` refuses them instead.
+        """
+        spec = mv.manifest.input
         limit = self.service.limits.max_images
         if t.name == ENCODED_INPUT:
             if t.datatype != "BYTES":
@@ -298,6 +363,8 @@ class InferenceProtocol:
         if n > limit:
             raise PayloadTooLarge(f"{n} rows in one request; the limit is {limit}")
         batch = np.ascontiguousarray(t.array, dtype=np.float32)
-        if not np.isfinite(batch).all():
-            raise BadRequest(f"input {t.name!r} has NaN or infinite values")
+        nonfinite = batch.size - int(np.count_nonzero(np.isfinite(batch)))
+        if nonfinite and self.reject_nonfinite:
+            raise BadRequest(f"input {t.name!r} has {nonfinite} NaN or infinite values")
+        notes["nonfinite_input_values"] = nonfinite
         return batch, [identity(spec.height, spec.width)] * n

@@ -123,14 +123,15 @@ async def repository_index(request: Request) -> Response:
     return _json(_protocol(request).repository_index(ready))
 
 
-async def _control_body(request: Request, what: str) -> None:
+async def _control_parameters(request: Request, what: str) -> dict[str, Any]:
     payload = await _json_body(request)
     raw = payload.get("parameters")
     if raw is not None and not isinstance(raw, dict):
         raise BadRequest("'parameters' must be an object")
     params = check_parameters(raw or {}, f"{what} request")
-    if "config" in params or any(k.startswith("file:") for k in params):
-        raise BadRequest(f"{what} with a config or files in the request is not supported")
+    if any(k.startswith("file:") for k in params):
+        raise BadRequest(f"{what}: model files in the request are not supported")
+    return params
 
 
 @router.post(
@@ -140,8 +141,8 @@ async def _control_body(request: Request, what: str) -> None:
 )
 async def load_model(request: Request, name: str) -> Response:
     """Load, or reload from disk, a model's newest versions."""
-    await _control_body(request, "load")
-    await _protocol(request).load(name)
+    params = await _control_parameters(request, "load")
+    await _protocol(request).load(name, params.get("config"))
     return _json({})
 
 
@@ -152,7 +153,7 @@ async def load_model(request: Request, name: str) -> Response:
 )
 async def unload_model(request: Request, name: str) -> Response:
     """Stop serving a model; requests already running finish."""
-    await _control_body(request, "unload")
+    await _control_parameters(request, "unload")
     await _protocol(request).unload(name)
     return _json({})
 

@@ -91,6 +91,7 @@ class InferResponse:
     version: str
     outputs: list[Tensor]
     id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def datatype_of(array: np.ndarray) -> str:
