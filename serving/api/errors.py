@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from serving.errors import Overloaded, PolyheadError
 
@@ -45,6 +46,13 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
+async def _disconnected(request: Request, exc: Exception) -> JSONResponse:
+    # the client went away (or its body framing broke) before the body was complete: not a
+    # server fault; the answer is likely never read
+    log.info("%s %s: the client disconnected mid-body", request.method, request.url.path)
+    return error_response(400, "the request body ended before it was complete")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error")
@@ -55,4 +63,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PolyheadError, _polyhead)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
     app.add_exception_handler(Exception, _unexpected)
