@@ -77,7 +77,9 @@ def test_cpu_decoder_gives_the_declared_tensors(kind):
 
 @pytest.mark.parametrize("kind", KIND_NAMES)
 @pytest.mark.parametrize("policy", sorted(GEOMETRIES))
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"{o.encoding}-{o.resolution}-{o.max_side}")
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: f"{o.encoding}-{o.resolution}-{o.max_side}"
+)
 def test_maps_come_at_the_requested_size_with_their_box(kind, policy, options):
     task = task_for(kind)
     g = GEOMETRIES[policy]
@@ -101,12 +103,16 @@ def test_maps_come_at_the_requested_size_with_their_box(kind, policy, options):
 
 
 @pytest.mark.parametrize("kind", KIND_NAMES)
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"{o.encoding}-{o.resolution}-{o.max_side}")
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: f"{o.encoding}-{o.resolution}-{o.max_side}"
+)
 def test_the_size_bound_holds(kind, options):
     task = task_for(kind)
     for seed in range(3):  # random, and the worst case of each encoding's variance
         for g in GEOMETRIES.values():
-            out = decode_predictions({"t": raw_output(task, 1, seed) * 10**seed}, [task], [g], options)
+            out = decode_predictions(
+                {"t": raw_output(task, 1, seed) * 10**seed}, [task], [g], options
+            )
             actual = len(orjson.dumps(out[0]["tasks"]["t"]))
             assert actual <= task_bytes(task, g, options)
 

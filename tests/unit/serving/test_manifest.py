@@ -143,7 +143,9 @@ def test_decoded_outputs_are_checked_against_the_kind():
     raw = valid()
     seg = raw["tasks"][0]
     assert seg["kind"] == "segmentation"
-    seg["decoded"] = [{"name": "classes", "output": "semseg.classes", "dtype": "uint8", "shape": [64, 96]}]
+    seg["decoded"] = [
+        {"name": "classes", "output": "semseg.classes", "dtype": "uint8", "shape": [64, 96]}
+    ]
     m = Manifest.parse(raw)
     assert m.tasks[0].decoded_output("classes") == "semseg.classes"
     assert ("semseg.classes", "uint8", (64, 96)) in m.graph_outputs
