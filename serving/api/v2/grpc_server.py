@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -92,23 +92,14 @@ class Gate(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-                started, code = time.perf_counter(), grpc.StatusCode.OK
+                call = _Call(self, method, context)
                 try:
                     self._authorize(method, details)
                     return await inner(message(raw), context)
-                except PolyheadError as e:
-                    code = status_of(e)
-                    if code is grpc.StatusCode.INTERNAL:
-                        log.error("gRPC %s: %s", method, e.message)
-                    await context.abort(code, e.message)
                 except Exception as e:
-                    if isinstance(e, grpc.aio.AbortError):
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("gRPC %s failed", method)
-                    await context.abort(code, "internal server error")
+                    await call.fail(e)
                 finally:
-                    self._record(method, code, started)
+                    call.done()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, response_serializer=handler.response_serializer
@@ -119,7 +110,7 @@ class Gate(grpc.aio.ServerInterceptor):
             async def stream(
                 requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                started, code = time.perf_counter(), grpc.StatusCode.OK
+                call = _Call(self, method, context)
                 try:
                     self._authorize(method, details)
 
@@ -129,22 +120,41 @@ class Gate(grpc.aio.ServerInterceptor):
 
                     async for response in inner_stream(parsed(), context):
                         yield response
-                except PolyheadError as e:
-                    code = status_of(e)
-                    await context.abort(code, e.message)
                 except Exception as e:
-                    if isinstance(e, grpc.aio.AbortError):
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("gRPC %s failed", method)
-                    await context.abort(code, "internal server error")
+                    await call.fail(e)
                 finally:
-                    self._record(method, code, started)
+                    call.done()
 
             return grpc.stream_stream_rpc_method_handler(
                 stream, response_serializer=handler.response_serializer
             )
         return handler
+
+
+class _Call:
+    """One RPC: its status (an error mapped to its code) and its metrics when it ends."""
+
+    def __init__(self, gate: Gate, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.gate, self.method, self.context = gate, method, context
+        self.started, self.code = time.perf_counter(), grpc.StatusCode.OK
+
+    async def fail(self, e: Exception) -> NoReturn:
+        """Abort the call with the status ``e`` maps to (inside the ``except`` that caught it)."""
+        if isinstance(e, grpc.aio.AbortError):
+            raise e
+        if isinstance(e, PolyheadError):
+            self.code, message = status_of(e), e.message
+            if self.code is grpc.StatusCode.INTERNAL:
+                log.error("gRPC %s: %s", self.method, message)
+        else:
+            self.code, message = grpc.StatusCode.INTERNAL, "internal server error"
+            log.exception("gRPC %s failed", self.method)
+        await self.context.abort(self.code, message)
+        raise AssertionError("unreachable: abort raises")
+
+    def done(self) -> None:
+        """Count the call."""
+        self.gate._record(self.method, self.code, self.started)
 
 
 def _message(cls: type[Any], content: dict[str, Any]) -> Any:
