@@ -61,11 +61,20 @@ class Observers:
 
 
 @dataclass
+class Timing:
+    """Filled in for one request: its wait for a batch, and its forward pass(es)."""
+
+    queue_s: float = 0.0  # the longest wait of its parts
+    infer_s: float = 0.0  # the forward passes of its parts, added up
+
+
+@dataclass
 class _Job:
     inputs: Arrays
     rows: int
     outputs: tuple[str, ...]
     future: asyncio.Future[Arrays]
+    timing: Timing | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -118,26 +127,35 @@ class MicroBatcher:
                 await self._worker
             self._worker = None
 
-    async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
-        """Run ``inputs`` (arrays sharing their first axis); its rows of each of ``outputs``."""
+    async def submit(
+        self, inputs: Arrays, outputs: Sequence[str], timing: Timing | None = None
+    ) -> Arrays:
+        """Run ``inputs`` (arrays sharing their first axis); its rows of each of ``outputs``.
+
+        ``timing``, when given, gets the request's queue and forward-pass times.
+        """
         self.start()
         rows = _rows(inputs)
         wanted = tuple(dict.fromkeys(outputs))
         if not wanted:
             raise ValueError("no output requested")
         if rows <= self.max_batch_size:
-            return await self._submit_one(inputs, rows, wanted)
+            return await self._submit_one(inputs, rows, wanted, timing)
         parts = [
             {k: v[i : i + self.max_batch_size] for k, v in inputs.items()}
             for i in range(0, rows, self.max_batch_size)
         ]
         if len(parts) > self.max_queue_size - self._queue.qsize():
             raise self._overloaded()
-        results = await asyncio.gather(*(self._submit_one(p, _rows(p), wanted) for p in parts))
+        results = await asyncio.gather(
+            *(self._submit_one(p, _rows(p), wanted, timing) for p in parts)
+        )
         return {k: np.concatenate([r[k] for r in results]) for k in wanted}
 
-    async def _submit_one(self, inputs: Arrays, rows: int, outputs: tuple[str, ...]) -> Arrays:
-        job = _Job(inputs, rows, outputs, asyncio.get_running_loop().create_future())
+    async def _submit_one(
+        self, inputs: Arrays, rows: int, outputs: tuple[str, ...], timing: Timing | None
+    ) -> Arrays:
+        job = _Job(inputs, rows, outputs, asyncio.get_running_loop().create_future(), timing)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -220,6 +238,9 @@ class MicroBatcher:
             for j in live:
                 rows = {k: out[k][offset : offset + j.rows] for k in j.outputs}
                 offset += j.rows
+                if j.timing is not None:
+                    j.timing.queue_s = max(j.timing.queue_s, assembling - j.enqueued)
+                    j.timing.infer_s += elapsed
                 if not j.future.done():
                     j.future.set_result(rows)
             if self.observer:
@@ -265,7 +286,9 @@ class PassThrough:
         while self._in_flight:
             await asyncio.sleep(0.005)
 
-    async def submit(self, inputs: Arrays, outputs: Sequence[str]) -> Arrays:
+    async def submit(
+        self, inputs: Arrays, outputs: Sequence[str], timing: Timing | None = None
+    ) -> Arrays:
         """Run ``inputs`` now (split into parts of at most ``max_batch_size`` rows)."""
         rows = _rows(inputs)
         wanted = list(dict.fromkeys(outputs))
@@ -281,18 +304,20 @@ class PassThrough:
             )
         self._in_flight += len(parts)
         try:
-            results = await asyncio.gather(*(self._one(p, wanted) for p in parts))
+            results = await asyncio.gather(*(self._one(p, wanted, timing) for p in parts))
         finally:
             self._in_flight -= len(parts)
         if len(results) == 1:
             return results[0]
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
-    async def _one(self, part: Arrays, outputs: list[str]) -> Arrays:
+    async def _one(self, part: Arrays, outputs: list[str], timing: Timing | None) -> Arrays:
         started = time.perf_counter()
         out = await self.run(part, outputs)
+        elapsed = time.perf_counter() - started
+        if timing is not None:
+            timing.infer_s += elapsed
         if self.observer:
-            elapsed = time.perf_counter() - started
             self.observer.batch(_rows(part), 0.0, elapsed, 0.0)
             self.observer.job(0.0, elapsed)
         return out

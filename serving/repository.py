@@ -28,7 +28,7 @@ import numpy as np
 
 from serving.backends.base import Backend
 from serving.backends.factory import BackendFactory
-from serving.batching import MicroBatcher, Observers, PassThrough
+from serving.batching import MicroBatcher, Observers, PassThrough, Timing
 from serving.errors import BackendUnavailable, BadRequest, ModelLoadError, NotFound
 from serving.manifest import Manifest, ManifestError, version_number
 from serving.metrics import Metrics
@@ -67,9 +67,11 @@ class ModelVersion:
     stats: VersionStatistics
     loaded_at: float = field(default_factory=time.time)
 
-    async def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, images: np.ndarray, outputs: Sequence[str], timing: Timing | None = None
+    ) -> dict[str, np.ndarray]:
         """One batched forward pass over N×3×H×W images; the graph ``outputs`` by ONNX name."""
-        return await self.batcher.submit({self.manifest.input.name: images}, outputs)
+        return await self.batcher.submit({self.manifest.input.name: images}, outputs, timing)
 
 
 def check_against_graph(manifest: Manifest, backend: Backend) -> None:

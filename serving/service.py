@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from serving.batching import Timing
 from serving.decoding import V1_SHRINK, check_budget, decode_predictions, needed_outputs
 from serving.decoding import response_bytes as v1_response_bytes
 from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, PolyheadError
@@ -141,10 +142,10 @@ class PredictionService:
         return np.stack([x for x, _ in inputs]), [g for _, g in inputs]
 
     async def _forward(
-        self, mv: ModelVersion, batch: np.ndarray, outputs: Sequence[str]
+        self, mv: ModelVersion, batch: np.ndarray, outputs: Sequence[str], timing: Timing
     ) -> dict[str, np.ndarray]:
         """The one forward pass of a request (through the model's batcher), counted once."""
-        out = await mv.infer(batch, outputs)
+        out = await mv.infer(batch, outputs, timing)
         self.metrics.images.labels(mv.name).inc(len(batch))
         return out
 
@@ -160,6 +161,7 @@ class PredictionService:
         """
         started = time.perf_counter()
         input_s = output_s = 0.0
+        timing = Timing()
         ok = False
         try:
             if isinstance(inputs, tuple):
@@ -169,7 +171,7 @@ class PredictionService:
             input_s = time.perf_counter() - started
             p = plan(geometries)
             check_budget(p.size, self.limits.max_response_bytes, p.shrink)
-            raw = await self._forward(mv, batch, p.outputs)
+            raw = await self._forward(mv, batch, p.outputs, timing)
             decoding = time.perf_counter()
             if p.size <= INLINE_DECODE_BYTES:
                 result = p.decode(raw)
@@ -179,7 +181,8 @@ class PredictionService:
             ok = True
             return result
         finally:
-            mv.stats.request(ok, time.perf_counter() - started, input_s, output_s)
+            total = time.perf_counter() - started
+            mv.stats.request(ok, total, input_s, timing.queue_s, timing.infer_s, output_s)
 
     async def predict(
         self,

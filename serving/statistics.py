@@ -75,18 +75,35 @@ class VersionStatistics:
         b.compute_output.add(split_s)
 
     def job(self, queue_s: float, infer_s: float) -> None:
-        """One request's part of a forward pass: its wait for the batch, and the pass."""
-        self.phases["queue"].add(queue_s)
-        self.phases["compute_infer"].add(infer_s)
+        """Nothing: a request's phases are recorded with the request (``request``)."""
 
     # ---- from the service ----------------------------------------------------------------
 
-    def request(self, ok: bool, total_s: float, input_s: float, output_s: float) -> None:
-        """One request finished (``ok``) or failed after its model version was resolved."""
-        self.phases["success" if ok else "fail"].add(total_s)
+    def request(
+        self,
+        ok: bool,
+        total_s: float,
+        input_s: float = 0.0,
+        queue_s: float = 0.0,
+        infer_s: float = 0.0,
+        output_s: float = 0.0,
+    ) -> None:
+        """One request finished (``ok``) or failed after its model version was resolved.
+
+        A success adds to every phase at once, so their counts always agree (perf_analyzer
+        requires it of a snapshot taken at any moment); a failure adds to ``fail`` only.
+        """
         if ok:
-            self.phases["compute_input"].add(input_s)
-            self.phases["compute_output"].add(output_s)
+            for phase, seconds in (
+                ("success", total_s),
+                ("compute_input", input_s),
+                ("queue", queue_s),
+                ("compute_infer", infer_s),
+                ("compute_output", output_s),
+            ):
+                self.phases[phase].add(seconds)
+        else:
+            self.phases["fail"].add(total_s)
         self.last_inference_ms = int(time.time() * 1000)
 
     def as_dict(self) -> dict[str, Any]:

@@ -166,3 +166,37 @@ def test_a_batch_fetches_the_union_of_its_requests_outputs():
     assert rec.asked[0] == ["y"] and rec.asked[1] == ["y", "z"] and rec.batches[1] == 3
     assert set(outs[0]) == {"y"} and set(outs[1]) == {"z"} and list(outs[2]) == ["z", "y"]
     assert (outs[1]["z"] == 6).all() and (outs[2]["y"] == 6).all()
+
+
+def test_requests_learn_their_queue_and_forward_times_and_statistics_agree():
+    from serving.batching import Observers, Timing
+    from serving.statistics import VersionStatistics
+
+    async def main():
+        stats = VersionStatistics("m", 1)
+        b = MicroBatcher(
+            Recorder(delay=0.02), max_batch_size=4, max_queue_delay_ms=5, observer=Observers(stats)
+        )
+        timings = [Timing() for _ in range(6)]
+        # 5 one-row requests and one of 6 rows (split into parts of 4 and 2)
+        sizes = [1, 1, 1, 1, 1, 6]
+        await asyncio.gather(
+            *(
+                b.submit(rows(i, n), YZ, t)
+                for i, (n, t) in enumerate(zip(sizes, timings, strict=True))
+            )
+        )
+        await b.stop()
+        for t in timings:
+            stats.request(True, t.queue_s + t.infer_s, 0.001, t.queue_s, t.infer_s, 0.002)
+        return stats, timings
+
+    stats, timings = run(main())
+    assert all(t.infer_s >= 0.02 and t.queue_s >= 0 for t in timings)
+    assert timings[-1].infer_s >= 0.04  # two forward passes, added up
+    d = stats.as_dict()
+    counts = {p: d["inference_stats"][p]["count"] for p in d["inference_stats"]}
+    assert counts["success"] == counts["queue"] == counts["compute_infer"] == 6
+    assert counts["compute_input"] == counts["compute_output"] == 6 and counts["fail"] == 0
+    assert d["inference_count"] == 11
+    assert sum(b["compute_infer"]["count"] for b in d["batch_stats"]) == d["execution_count"]
