@@ -5,6 +5,11 @@ default) and writes ``DIR/compare.md`` and ``DIR/compare.json`` (a row per run: 
 weighting, each task's primary metric, Delta_MTL against single-task baselines, parameters,
 CPU latency per image at batch 1) and ``DIR/losses.png``, ``DIR/weights.png`` (per-task training
 loss and task weights over steps, from each run's metrics.jsonl).
+
+Runs whose configs differ only in ``run.seed`` (and the run's name) are one setup: when a setup
+has several seeds, ``compare.md`` adds a table of each setup's mean +- sample standard deviation
+over its seeds (every task's primary metric, Delta_MTL, Delta_m) and ``compare.json`` its
+``setups``, with every metric's mean and std.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ def compare_runs(
         rows.append(
             {
                 "run": str(run_dir),
+                "setup": setup_key(run.config.model_dump(mode="json")),
+                "seed": run.config.run.seed,
                 "architecture": run.config.model.architecture,
                 "weighting": weighting.name
                 + (f" {json.dumps(weighting.params)}" if weighting.params else ""),
@@ -103,10 +110,92 @@ def compare_runs(
                 "latency_ms_per_image": latency_ms(model, run.input_size),
             }
         )
-    (out / "compare.json").write_text(json.dumps({"split": split, "runs": rows}, indent=2))
-    (out / "compare.md").write_text(markdown_table(rows, split))
+    setups = over_seeds(rows)
+    doc = {"split": split, "runs": rows, "setups": setups}
+    (out / "compare.json").write_text(json.dumps(doc, indent=2))
+    table = markdown_table(rows, split)
+    if any(s["seeds"] > 1 for s in setups):
+        table += "\n" + seeds_table(setups)
+    (out / "compare.md").write_text(table)
     plot_curves(runs, out)
     return rows
+
+
+def setup_key(config: dict[str, Any]) -> str:
+    """What makes two runs the same setup: the config without its name and seed."""
+    config = {k: v for k, v in config.items() if k != "name"}
+    config["run"] = {k: v for k, v in config.get("run", {}).items() if k != "seed"}
+    return json.dumps(config, sort_keys=True)
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per setup: its runs and seeds, and every figure's mean and std over them."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["setup"], []).append(r)
+    setups = []
+    for members in groups.values():
+        first = members[0]
+        seeds = [r["seed"] for r in members]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(
+                f"compare: runs {[r['run'] for r in members]} are one setup with repeated "
+                f"seeds {seeds}: give each seed once"
+            )
+        metrics = {
+            task: {
+                name: _mean_std([r["metrics"][task][name] for r in members])
+                for name in first["metrics"][task]
+            }
+            for task in first["metrics"]
+        }
+        entry: dict[str, Any] = {
+            "runs": [r["run"] for r in members],
+            "seeds": len(members),
+            "seed_values": seeds,
+            "architecture": first["architecture"],
+            "weighting": first["weighting"],
+            "primary": {t: first["primary"][t][0] for t in first["primary"]},
+            "metrics": metrics,
+        }
+        for key in ("delta_mtl", "delta_m"):
+            values = [r[key] for r in members if r.get(key) is not None]
+            entry[key] = _mean_std(values) if len(values) == len(members) else None
+        setups.append(entry)
+    return setups
+
+
+def seeds_table(setups: list[dict[str, Any]]) -> str:
+    """Mean +- standard deviation over seeds, one row per setup."""
+    tasks: list[str] = []
+    for s in setups:
+        tasks += [t for t in s["primary"] if t not in tasks]
+    metric_of = {t: s["primary"][t] for s in setups for t in s["primary"]}
+    head = ["architecture", "weighting", "seeds"]
+    head += [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL", "Δ_m"]
+    lines = [
+        "Mean ± sample standard deviation over seeds.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for s in setups:
+        cells = [s["architecture"], s["weighting"], str(s["seeds"])]
+        for t in tasks:
+            m = s["metrics"].get(t, {}).get(s["primary"].get(t, ""))
+            cells.append("" if m is None else f"{m['mean']:.4f} ± {m['std']:.4f}")
+        for key in ("delta_mtl", "delta_m"):
+            d = s[key]
+            cells.append("" if d is None else f"{d['mean'] * 100:+.2f}% ± {d['std'] * 100:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: list[dict[str, Any]], split: str) -> str:
