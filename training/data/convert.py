@@ -40,6 +40,8 @@ FORMATS = {
     "nyud": ("training.data.nyud", "NYUDv2"),
     "pascal_context": ("training.data.pascal_context", "PascalContext"),
     "cityscapes": ("training.data.cityscapes", "Cityscapes"),
+    "nyuv2_mtan": ("training.data.mtan", "NYUv2Mtan"),
+    "cityscapes_mtan": ("training.data.mtan", "CityscapesMtan"),
 }
 VAL_FRACTION = 0.1  # share of the train list made the val split when a source has none
 IGNORE = 255
@@ -237,15 +239,22 @@ def _check_files(source: Source, ids: list[str]) -> None:
 
 
 def _common_size(source: Source, ids: list[str]) -> tuple[int, int]:
-    """The (height, width) every image shares, read from the image headers."""
+    """The (height, width) every image shares, read from the image headers.
+
+    A source whose images are not image files (arrays) says their sizes (``image_size``).
+    """
     first: tuple[str, tuple[int, int]] | None = None
+    sized = getattr(source, "image_size", None)
     for sid in ids:
-        path = source.files(sid)[0]
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except OSError as e:
-            raise DatasetError(f"unreadable image {path}: {e}") from e
+        if sized is not None:
+            h, w = sized(sid)
+        else:
+            path = source.files(sid)[0]
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except OSError as e:
+                raise DatasetError(f"unreadable image {path}: {e}") from e
         if first is None:
             first = (sid, (h, w))
         elif (h, w) != first[1]:
@@ -323,7 +332,7 @@ def _write_sample(root: Path, source: Source, sid: str, sample: dict[str, np.nda
             np.save(root / task / f"{sid}.npy", d)
         elif kind == "normals":
             Image.fromarray(encode_normals(a)).save(root / task / f"{sid}.png")
-        elif kind == "edges":
+        elif kind in ("edges", "saliency"):
             Image.fromarray(a.astype(np.uint8) * 255).save(root / task / f"{sid}.png")
         else:  # a reader bug, not a user error
             raise ValueError(f"{source.name}: task {task!r} has unsupported kind {kind!r}")

@@ -21,9 +21,8 @@ Tasks, as that loader builds them:
 - ``normals``: the distilled normals, kept only on pixels whose ``LabelMap`` class is one of the
   NYUD classes (the classes the distilling network was trained on) plus tvmonitor; elsewhere the
   invalid zero vector.
-- ``saliency``: the distilled map thresholded at 0.5, a binary dense task; written with the
-  ``edges`` kind (binary per-pixel, weighted BCE, F-score at 0.5), which is the loss family the
-  literature trains saliency with (balanced BCE); its papers report max-F instead.
+- ``saliency``: the distilled map thresholded at 0.5, a binary dense task of kind ``saliency``
+  (balanced BCE, max-F as its papers report).
 - ``edges``: boundaries of ``LabelMap``: pixels with a non-zero 4-neighbour Laplacian (borders
   reflected), thinned to one pixel (Guo-Hall thinning, as ``skimage.morphology.thin``).
 
@@ -243,14 +242,14 @@ class PascalContext:
                 "ignore_index": IGNORE,
             },
             "normals": {"kind": "normals"},
-            "saliency": {"kind": "edges"},
+            "saliency": {"kind": "saliency"},
             "edges": {"kind": "edges"},
         }
         self.notes = {
             "semseg": "21 VOC classes (0 background), 255 ignore; semseg/VOC12 preferred",
             "human_parts": "6 part groups + background; images without annotated people: 255",
             "normals": "distilled; valid only on NYUD classes of LabelMap (+ tvmonitor)",
-            "saliency": "distilled map > 0.5; a binary dense task written with the edges kind",
+            "saliency": "distilled map > 0.5; a binary dense task (kind saliency: max-F)",
             "edges": "thinned 4-neighbour Laplacian of pascal-context/trainval LabelMap",
         }
         if self.loadmat is None:

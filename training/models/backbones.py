@@ -13,6 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from training.errors import ConfigError
+from training.models.pretrained import map_to_backbone, read_checkpoint
 from training.registry import Registry
 
 
@@ -158,8 +159,9 @@ for _name, _block, _layers in [
 def build_backbone(name: str, width: int = 64, weights: str | Path | None = None) -> Backbone:
     """Build a registered backbone, optionally loading a local weights file.
 
-    ``weights`` is a safetensors or ``torch.save`` state dict of that backbone; nothing is ever
-    downloaded.
+    ``weights`` is a safetensors or ``torch.save`` file (``.pth``/``.pt``/``.bin``) holding either
+    this backbone's own state dict or a torchvision/timm ImageNet ResNet checkpoint (width 64
+    only; see ``training.models.pretrained``); nothing is ever downloaded.
     """
     model = BACKBONES.get(name)(width=width)  # type: ignore[call-arg]
     if weights is not None:
@@ -168,16 +170,9 @@ def build_backbone(name: str, width: int = 64, weights: str | Path | None = None
 
 
 def load_backbone_weights(model: nn.Module, path: Path) -> None:
-    """Load a local state dict into ``model``; mismatched keys or shapes are a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"model.weights: file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a local weights file into ``model`` through the key map; misfits are a ConfigError."""
+    state = map_to_backbone(model, read_checkpoint(path), source=str(path))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # map_to_backbone checked keys and shapes; this is a backstop
         raise ConfigError(f"model.weights: {path} does not fit the backbone: {e}") from e

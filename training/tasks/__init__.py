@@ -1,6 +1,14 @@
 """Task kinds, registered by name: each says its head size, loss and metrics."""
 
-from training.tasks import classification, depth, edges, multilabel, normals, segmentation
+from training.tasks import (
+    classification,
+    depth,
+    edges,
+    multilabel,
+    normals,
+    saliency,
+    segmentation,
+)
 from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, build_task
 
 __all__ = [
@@ -13,5 +21,6 @@ __all__ = [
     "edges",
     "multilabel",
     "normals",
+    "saliency",
     "segmentation",
 ]

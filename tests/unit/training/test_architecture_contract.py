@@ -26,7 +26,15 @@ LABELS = ("a", "b", "c")
 
 def task_set(name: str) -> list[TaskKind]:
     kinds = {
-        "all kinds": ["segmentation", "depth", "normals", "edges", "multilabel", "classification"],
+        "all kinds": [
+            "segmentation",
+            "depth",
+            "normals",
+            "edges",
+            "saliency",
+            "multilabel",
+            "classification",
+        ],
         "dense only": ["segmentation", "depth"],
         "image only": ["classification", "multilabel"],
         "one dense task": ["depth"],

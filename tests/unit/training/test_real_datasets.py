@@ -249,7 +249,7 @@ def test_pascal_context_converts_every_task(tmp_path):
         "semseg": "segmentation",
         "human_parts": "segmentation",
         "normals": "normals",
-        "saliency": "edges",
+        "saliency": "saliency",
         "edges": "edges",
     }
     assert len(tasks["semseg"].labels) == 21 and tasks["semseg"].labels[15] == "person"

@@ -24,7 +24,7 @@ def perfect_pair(kind: str, n: int = 2, h: int = 8, w: int = 8):
     if kind == "normals":
         t = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1)
         return t * 3.0, t  # scale must not matter
-    if kind == "edges":
+    if kind in ("edges", "saliency"):
         t = (torch.rand(n, 1, h, w, generator=g) > 0.8).float()
         return (t * 2 - 1) * 20, t
     if kind == "multilabel":
