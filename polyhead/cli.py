@@ -105,7 +105,10 @@ def data_synth(
 def data_convert(
     format_: Annotated[
         str,
-        typer.Option("--format", help="Source layout: nyud, pascal_context, cityscapes, nyuv2_mtan or cityscapes_mtan."),
+        typer.Option(
+            "--format",
+            help="Source layout: nyud, pascal_context, cityscapes, nyuv2_mtan or cityscapes_mtan.",
+        ),
     ],
     src: Annotated[Path, typer.Option(help="The dataset folder in its original layout.")],
     out: Annotated[Path, typer.Option(help="Folder to write the polyhead dataset to.")],
