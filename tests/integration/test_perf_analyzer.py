@@ -28,14 +28,15 @@ from tests.images import encode, scene_image
 
 PERF_VENV = Path(os.environ.get("POLYHEAD_TEST_PERF_VENV", ROOT / ".venv-perf"))
 PERF_ANALYZER = PERF_VENV / "bin" / "perf_analyzer"
-# short, bounded runs: a fixed number of requests per measurement, any spread accepted
+# short, bounded runs: a fixed number of requests per measurement, and any spread between
+# windows accepted as stable (the figures are not asserted; a loaded machine varies by 2x)
 BOUNDED = [
     "--measurement-mode",
     "count_windows",
     "--measurement-request-count",
     "40",
     "--stability-percentage",
-    "100",
+    "100000",
     "--max-trials",
     "3",
 ]
