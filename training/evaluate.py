@@ -38,7 +38,14 @@ def evaluate_predictor(
 ) -> Metrics:
     """Run ``predict`` over ``dataset`` and return ``{task: {metric: value}}``."""
     accumulators = {t.name: t.metric() for t in tasks}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_eval)
+    # its own generator: evaluating must not draw from the global RNG training goes on with
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=_collate_eval,
+        generator=torch.Generator(),
+    )
     for batch in loader:
         out = predict(batch["image"])
         for name, acc in accumulators.items():

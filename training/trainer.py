@@ -314,12 +314,17 @@ class Trainer:
         )
         if self.dist.enabled:
             sampler = distributed.RankSlice(sampler, self.dist, self.cfg.optim.batch_size)
+        # A generator of its own: without one, every new iterator draws its base seed from the
+        # global RNG, so resuming mid-epoch (a new iterator) would shift the random stream the
+        # random weightings (RLW, PCGrad, GradDrop, GradVac) draw from.
+        generator = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + p.epoch)
         return DataLoader(
             self.train_set,
             batch_sampler=sampler,
             num_workers=self.cfg.data.num_workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
+            generator=generator,
         )
 
     def _train_epoch(self, log_path: Path) -> None:
