@@ -10,6 +10,12 @@ import torch
 from training.registry import Registry
 
 
+def count_above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """For each threshold, how many of ``values`` exceed it (every threshold in one sort)."""
+    ordered = torch.sort(values.flatten().double()).values
+    return len(ordered) - torch.searchsorted(ordered, thresholds.double(), right=True)
+
+
 class MetricAccumulator(ABC):
     """Accumulates a task's metrics over batches; ``compute`` returns them by name."""
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, count_above
 
 THRESHOLD = 0.5
 THRESHOLDS = torch.linspace(0.01, 0.99, 99)
@@ -76,12 +76,6 @@ def near_max(values: torch.Tensor, radius: int) -> torch.Tensor:
 def within(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Pixels within ``radius`` (a disc) of a set pixel of ``mask`` (B×H×W bool)."""
     return near_max(mask.float(), radius) > 0.5
-
-
-def _above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """For each threshold, how many of ``values`` exceed it."""
-    ordered = torch.sort(values.flatten().double()).values
-    return len(ordered) - torch.searchsorted(ordered, thresholds.double(), right=True)
 
 
 def edge_nms(prob: torch.Tensor) -> torch.Tensor:
@@ -137,9 +131,9 @@ class EdgeODS(MetricAccumulator):
         thin = edge_nms(prob)
         # every threshold at once: a predicted pixel counts where its value exceeds it, a
         # target pixel is found where the largest predicted value within reach exceeds it
-        self.total_pred += _above(thin, self.thresholds)
-        self.matched_pred += _above(thin[within(t, radius)], self.thresholds)
-        self.matched_target += _above(near_max(thin, radius)[t], self.thresholds)
+        self.total_pred += count_above(thin, self.thresholds)
+        self.matched_pred += count_above(thin[within(t, radius)], self.thresholds)
+        self.matched_target += count_above(near_max(thin, radius)[t], self.thresholds)
         self.total_target += float(t.sum())
 
     @override

@@ -15,15 +15,10 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, count_above
 
 THRESHOLDS = torch.linspace(0.01, 0.99, 99)
 BETA2 = 0.3
-
-
-def _above(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    ordered = torch.sort(values.flatten().double()).values
-    return len(ordered) - torch.searchsorted(ordered, thresholds.double(), right=True)
 
 
 class MaxF(MetricAccumulator):
@@ -40,8 +35,8 @@ class MaxF(MetricAccumulator):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         prob = torch.sigmoid(pred.float()).detach().cpu()
         t = target.detach().cpu() > 0.5
-        self.predicted += _above(prob, self.thresholds)
-        self.right += _above(prob[t], self.thresholds)
+        self.predicted += count_above(prob, self.thresholds)
+        self.right += count_above(prob[t], self.thresholds)
         self.salient += float(t.sum())
         p = prob > 0.5
         self.intersection += float((p & t).sum())

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from serving.api.v2.grpc_codec import parse_request, render_response
+from serving.api.v2.grpc_codec import parameter_value, parse_request, render_response
 from serving.api.v2.protocol import InferenceProtocol
 from serving.auth import OPEN_RPCS, check_key
 from serving.errors import BadRequest, PolyheadError
@@ -213,7 +213,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Load a model (explicit model control mode)."""
         _check_control(request, "load")
         config = request.parameters.get("config")
-        await self.protocol.load(request.model_name, None if config is None else _parameter(config))
+        await self.protocol.load(
+            request.model_name, None if config is None else parameter_value(config)
+        )
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -243,11 +245,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         id=request.id, model_name=request.model_name
                     ),
                 )
-
-
-def _parameter(p: Any) -> Any:
-    kind = p.WhichOneof("parameter_choice")
-    return getattr(p, kind) if kind else None
 
 
 def _check_control(request: Any, what: str) -> None:
