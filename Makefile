@@ -20,9 +20,12 @@ install-serve: $(BIN)/python
 	$(BIN)/pip install -q -e '.[serve]'
 
 # torch first, pinned: this version is a CPU wheel on the machine; anything else pulls CUDA.
+# libmtl (the reference of tests/unit/training/test_reference_agreement.py) with --no-deps: it
+# requires torchvision, which does not import beside this torch; the test loads only its weightings.
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[serve,train,triton,ray,dev]'
+	$(BIN)/pip install -q --no-deps libmtl==1.1.5
 
 # A real Triton server for the tests: the nvidia-pytriton wheel ships tritonserver (Python
 # backend only) and pins numpy<2, so it gets an environment of its own (see tests/tritonserver.py).

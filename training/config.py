@@ -53,10 +53,16 @@ class DataConfig(_Section):
 
 
 class TaskConfig(_Section):
-    """One task to train: its dataset name and kind (labels come from the dataset)."""
+    """One task to train: its dataset name and kind (labels come from the dataset).
+
+    ``auxiliary``: trained and evaluated, never exported (the exported graph and manifest hold
+    only the other tasks); in PAD-Net and MTI-Net it gets intermediate predictions only, as in
+    the papers, where e.g. edges and normals help semantic segmentation and depth.
+    """
 
     name: TaskName
     kind: str
+    auxiliary: bool = False
 
     @field_validator("kind")
     @classmethod
@@ -77,6 +83,9 @@ class ModelConfig(_Section):
     # learning-rate multiplier of the cross-stitch / NDDR fusion units: 100 in the reference
     # code of Vandenhende et al. (the units' gradients are small next to the convolutions')
     fusion_lr_scale: float = Field(100.0, gt=0.0, le=10_000.0)
+    # weight of the deep-supervision losses (PAD-Net's initial and MTI-Net's per-scale
+    # predictions) next to the final one, inside each task's loss: 1 in the reference code
+    deep_supervision_weight: float = Field(1.0, ge=0.0, le=100.0)
 
     @field_validator("backbone")
     @classmethod
@@ -168,6 +177,8 @@ class TrainConfig(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tasks: duplicate task names {dupes}")
+        if all(t.auxiliary for t in self.tasks):
+            raise ValueError("tasks: every task is auxiliary; at least one must be exported")
         return self
 
     @property

@@ -124,6 +124,11 @@ def check_parity(
     return worst
 
 
+def exported_tasks(tasks: list[TaskKind]) -> list[TaskKind]:
+    """The tasks an export keeps: all but the auxiliary ones (trained to help, never served)."""
+    return [t for t in tasks if not t.auxiliary]
+
+
 def task_spec(task: TaskKind) -> TaskSpec:
     """The manifest entry for a trained task."""
     return TaskSpec(
@@ -160,7 +165,8 @@ def export_run(
     """Export, check, evaluate and publish a run as the next version of ``repo/name``."""
     run = load_run(run_dir)
     cfg = run.config
-    names = [t.name for t in run.tasks]
+    exported = exported_tasks(run.tasks)
+    names = [t.name for t in exported]
     model = run.model()
     root = Path(data_root) if data_root else cfg.data.root
     split = split or cfg.data.test_split
@@ -181,7 +187,7 @@ def export_run(
         log.info("decoded outputs agree with the CPU decoders: %s", decoded)
         metrics = evaluate_predictor(
             onnx_predictor(onnx_path, {n: n for n in names}),
-            run.tasks,
+            exported,
             dataset,
             cfg.run.eval_batch_size,
         )
@@ -215,7 +221,8 @@ def export_with_decoded(model: nn.Module, names: list[str], run: Run, path: Path
     """
     export_onnx(model, names, run.input_size, path, run.config.export.opset)
     check_onnx(path, names, run.input_size)
-    tasks = append_decoded_outputs_file(path, path, [task_spec(t) for t in run.tasks])
+    specs = [task_spec(t) for t in exported_tasks(run.tasks)]
+    tasks = append_decoded_outputs_file(path, path, specs)
     check_onnx(path, names, run.input_size, decoded_names(tasks))
     return tasks
 

@@ -38,9 +38,10 @@ def build_model(
 
 
 def tasks_to_json(tasks: list[TaskKind]) -> list[dict[str, Any]]:
-    """Serialisable description of the tasks (name, kind, labels)."""
+    """Serialisable description of the tasks (name, kind, labels; auxiliary when it is)."""
     return [
         {"name": t.name, "kind": t.kind, "labels": list(t.labels) if t.labels else None}
+        | ({"auxiliary": True} if t.auxiliary else {})
         for t in tasks
     ]
 
@@ -48,7 +49,12 @@ def tasks_to_json(tasks: list[TaskKind]) -> list[dict[str, Any]]:
 def tasks_from_json(items: list[dict[str, Any]]) -> list[TaskKind]:
     """Inverse of ``tasks_to_json``."""
     return [
-        build_task(i["name"], i["kind"], tuple(i["labels"]) if i.get("labels") else None)
+        build_task(
+            i["name"],
+            i["kind"],
+            tuple(i["labels"]) if i.get("labels") else None,
+            bool(i.get("auxiliary", False)),
+        )
         for i in items
     ]
 

@@ -38,7 +38,7 @@ def check_and_build_tasks(cfg: TrainConfig) -> tuple[list[TaskKind], tuple[int, 
                 f"but the dataset says {info[t.name].kind!r}"
             )
         try:
-            tasks.append(build_task(t.name, t.kind, info[t.name].labels))
+            tasks.append(build_task(t.name, t.kind, info[t.name].labels, t.auxiliary))
         except ValueError as e:
             raise ConfigError(f"tasks: {e}") from e
     return tasks, size

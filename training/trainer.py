@@ -33,6 +33,7 @@ from training.data.augment import SeededAugment
 from training.data.folder import FolderDataset
 from training.errors import ConfigError
 from training.evaluate import evaluate_model
+from training.losses import task_losses
 from training.models import MultiTaskModel
 from training.runs import (
     CHECKPOINT_DIR,
@@ -180,6 +181,7 @@ class Trainer:
                 f"optim.batch_size {bs} is larger than the {len(self.train_set)} training images"
             )
         self.batches_per_epoch = len(self.train_set) // bs
+        self.deep_supervision: dict[str, float] = {}  # the last step's terms, for the log
         if cfg.run.limit_train_batches:
             self.batches_per_epoch = min(self.batches_per_epoch, cfg.run.limit_train_batches)
 
@@ -360,7 +362,10 @@ class Trainer:
                         "lr": self.scheduler.get_last_lr()[0],
                         "loss": losses,
                         "weights": weights,
-                    },
+                    }
+                    | (
+                        {"deep_supervision": self.deep_supervision} if self.deep_supervision else {}
+                    ),
                 )
             every = cfg.run.checkpoint_every_steps
             if every and p.global_step % every == 0 and p.batch_in_epoch < self.batches_per_epoch:
@@ -375,7 +380,10 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         with autocast:
             out = self.model(image)
-        losses = {t: self.tasks_by_name[t].loss(out[t], targets[t]) for t in cfg.task_names}
+        losses, deep = task_losses(
+            self.tasks_by_name, cfg.task_names, out, targets, cfg.model.deep_supervision_weight
+        )
+        self.deep_supervision = {k: float(v.detach()) for k, v in deep.items()}
         losses = distributed.global_values(losses)  # the same weights on every rank
         self.optimizer.zero_grad(set_to_none=True)
         ctx = BackwardContext(
@@ -405,8 +413,13 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
         with torch.no_grad(), autocast:
             out = self.model(image)
-            tasks = self.tasks_by_name
-            losses = {t: tasks[t].loss(out[t], targets[t]) for t in self.cfg.task_names}
+            losses, _ = task_losses(
+                self.tasks_by_name,
+                self.cfg.task_names,
+                out,
+                targets,
+                self.cfg.model.deep_supervision_weight,
+            )
         return distributed.global_values(losses)
 
     @property

@@ -7,6 +7,7 @@ list of feature maps, fine to coarse, and ``feature_channels`` gives their chann
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -22,6 +23,13 @@ class Backbone(nn.Module):
 
     feature_channels: list[int]
     feature_strides: list[int]
+
+    def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stage, fine to coarse: (its features before its last block, its output).
+
+        MTAN computes each attention mask from the first and applies it to the second.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not expose its stages")
 
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")
@@ -134,6 +142,20 @@ class ResNet(Backbone):
             x = stage(x)
             feats.append(x)
         return feats
+
+    @override
+    def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x = self.stem(x)
+        out = []
+        for stage in self.stages:
+            blocks = list(cast(nn.Sequential, stage))
+            for block in blocks[:-1]:
+                x = block(x)
+            inner = x
+            x = blocks[-1](x)
+            # a one-block stage has no features of its own before its last block
+            out.append((inner if len(blocks) > 1 else x, x))
+        return out
 
 
 def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int]) -> type[Backbone]:

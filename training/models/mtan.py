@@ -1,8 +1,9 @@
-"""MTAN: a shared trunk with per-task soft attention over its features at every scale."""
+"""MTAN: a shared trunk with per-task soft attention at every encoder and decoder scale."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -17,23 +18,20 @@ from training.models.multitask import (
     task_heads,
     tasks_by_name,
 )
-from training.models.necks import LightFPN, conv_bn_relu
+from training.models.necks import conv_bn_relu
 from training.tasks import TaskKind
 
 
-def _reduced(channels: int) -> int:
-    """Width of the small convolutions inside an attention module."""
-    return max(channels // 4, 4)
-
-
 def attention_mask(in_channels: int, out_channels: int) -> nn.Sequential:
-    """The paper's mask function g: two 1x1 conv + BN, ReLU between, sigmoid at the end."""
-    hidden = _reduced(out_channels)
+    """The paper's mask function g: 1x1 conv + BN + ReLU, 1x1 conv + BN + sigmoid.
+
+    Full width inside (``out_channels``), as the paper's code (lorenmt/mtan) builds it.
+    """
     return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 1, bias=False),
-        nn.BatchNorm2d(hidden),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(True),
-        nn.Conv2d(hidden, out_channels, 1, bias=False),
+        nn.Conv2d(out_channels, out_channels, 1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.Sigmoid(),
     )
@@ -45,66 +43,43 @@ def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class TaskAttention(nn.Module):
-    """One task's chain of attention modules over the shared multi-scale features.
+class SharedDecoder(nn.Module):
+    """The shared top-down decoder: one map of ``channels`` at every backbone scale.
 
-    At scale ``s`` the mask is ``g_s([F_s, pool(f_s(a_{s-1}))])`` (only ``g_0(F_0)`` at the
-    finest scale) and the task's features are ``a_s = mask * F_s``: the previous scale's attended
-    features, passed through ``f_s`` (3x3 conv) and max-pooled, guide the next mask.
-
-    Args:
-        channels: channels of the shared features, fine to coarse.
+    ``d_S = smooth(lateral(F_S))`` at the coarsest scale, then
+    ``d_s = smooth(lateral(F_s) + up(d_{s+1}))``; returned fine to coarse.
     """
 
-    def __init__(self, channels: Sequence[int]) -> None:
+    def __init__(self, in_channels: Sequence[int], channels: int) -> None:
         super().__init__()
-        carried = [_reduced(c) for c in channels]
-        self.carry = nn.ModuleList(
-            conv_bn_relu(channels[s - 1], carried[s]) for s in range(1, len(channels))
-        )
-        self.masks = nn.ModuleList(
-            attention_mask(c + (carried[s] if s else 0), c) for s, c in enumerate(channels)
-        )
+        self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(conv_bn_relu(channels, channels) for _ in in_channels)
 
     @override
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        attended = [self.masks[0](feats[0]) * feats[0]]
-        for s in range(1, len(feats)):
-            guide = F.max_pool2d(self.carry[s - 1](attended[-1]), 3, 2, 1)
-            guide = _resize(guide, feats[s])
-            mask = self.masks[s](torch.cat([feats[s], guide], dim=1))
-            attended.append(mask * feats[s])
-        return attended
-
-
-class DecoderAttention(nn.Module):
-    """Attention over the shared neck map, guided by the task's coarsest attended features.
-
-    Args:
-        guide_channels: channels of the task's coarsest attended map.
-        channels: channels of the shared neck map.
-    """
-
-    def __init__(self, guide_channels: int, channels: int) -> None:
-        super().__init__()
-        carried = _reduced(channels)
-        self.carry = conv_bn_relu(guide_channels, carried)
-        self.mask = attention_mask(channels + carried, channels)
-
-    @override
-    def forward(self, shared: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        g = _resize(self.carry(guide), shared)
-        return self.mask(torch.cat([shared, g], dim=1)) * shared
+        maps: list[torch.Tensor] = []
+        above: torch.Tensor | None = None
+        for s in reversed(range(len(feats))):
+            x = self.laterals[s](feats[s])
+            if above is not None:
+                x = x + F.interpolate(above, size=x.shape[-2:], mode="nearest")
+            above = self.smooth[s](x)
+            maps.append(above)
+        return maps[::-1]
 
 
 @ARCHITECTURES.register("mtan")
 class MTAN(MultiTaskModel):
-    """MTAN (Liu, Johns and Davison, CVPR 2019): shared trunk, per-task attention at each scale.
+    """MTAN (Liu, Johns and Davison, CVPR 2019): a shared network, per-task attention modules.
 
-    Each task masks the shared backbone features at every scale with sigmoid attention, each mask
-    guided by the task's attended features of the previous (finer) scale. Image tasks pool the
-    coarsest attended map; dense tasks mask the shared FPN map (guided by that coarsest map)
-    instead of the paper's attention at every decoder scale. Masks use small 1x1 bottlenecks.
+    Encoder, at every backbone stage ``s``: task ``t``'s mask is computed from the stage's
+    features before its last block (with the task's attended features of the previous stage)
+    and applied to the stage's output, ``a_s = g_s^t([u_s, p_{s-1}]) * F_s``; the attended map
+    goes through a shared 3x3 block ``f_s`` and a 2x2 max-pool to guide the next stage's mask
+    (``p_s``). Decoder (dense tasks), coarse to fine over a shared top-down decoder's maps
+    ``d_s``: ``b_s = h_s^t([d_s, up(f'_s(b_{s+1}))]) * d_s``, starting from the task's coarsest
+    attended encoder map; the dense head reads the finest ``b_0``. Masks are full width, as in
+    the paper's code; image tasks pool the coarsest attended encoder map.
     """
 
     def __init__(
@@ -114,28 +89,71 @@ class MTAN(MultiTaskModel):
         self.tasks = tasks_by_name(tasks)
         self.backbone = backbone
         channels = list(backbone.feature_channels)
+        scales = len(channels)
+        c = neck_channels
         self.has_dense = any(t.dense for t in tasks)
-        self.neck = LightFPN(channels, neck_channels) if self.has_dense else None
-        self.encoder_attention = nn.ModuleDict({t.name: TaskAttention(channels) for t in tasks})
-        self.decoder_attention = nn.ModuleDict(
-            {t.name: DecoderAttention(channels[-1], neck_channels) for t in tasks if t.dense}
+        self.encoder_masks = nn.ModuleDict(
+            {
+                t.name: nn.ModuleList(
+                    attention_mask(channels[s] * (2 if s else 1), channels[s])
+                    for s in range(scales)
+                )
+                for t in tasks
+            }
         )
-        self.heads = task_heads(tasks, neck_channels, channels[-1])
+        # shared f_s: from stage s's attended map to stage s + 1's width
+        self.encoder_refine = nn.ModuleList(
+            conv_bn_relu(channels[s], channels[s + 1]) for s in range(scales - 1)
+        )
+        self.decoder = SharedDecoder(channels, c) if self.has_dense else None
+        # shared f'_s: from the coarser attended map (the encoder's at the coarsest scale)
+        self.decoder_refine = nn.ModuleList(
+            conv_bn_relu(channels[-1] if s == scales - 1 else c, c) for s in range(scales)
+        )
+        self.decoder_masks = nn.ModuleDict(
+            {
+                t.name: nn.ModuleList(attention_mask(2 * c, c) for _ in range(scales))
+                for t in tasks
+                if t.dense
+            }
+        )
+        if not self.has_dense:
+            self.decoder_refine = nn.ModuleList()
+        self.heads = task_heads(tasks, c, channels[-1])
+
+    def _encoder(self, task: str, stages: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Task ``task``'s attended coarsest encoder map."""
+        masks = cast(nn.ModuleList, self.encoder_masks[task])
+        guide: torch.Tensor | None = None
+        attended = stages[0][1]
+        for s, (inner, full) in enumerate(stages):
+            mask_input = inner if guide is None else torch.cat([inner, _resize(guide, inner)], 1)
+            attended = masks[s](mask_input) * full
+            if s < len(stages) - 1:
+                guide = F.max_pool2d(self.encoder_refine[s](attended), 2, 2)
+        return attended
+
+    def _decoder(self, task: str, maps: list[torch.Tensor], encoded: torch.Tensor) -> torch.Tensor:
+        """Task ``task``'s attended finest decoder map."""
+        masks = cast(nn.ModuleList, self.decoder_masks[task])
+        attended = encoded
+        for s in reversed(range(len(maps))):
+            guide = _resize(self.decoder_refine[s](attended), maps[s])
+            attended = masks[s](torch.cat([maps[s], guide], 1)) * maps[s]
+        return attended
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
         size = (x.shape[-2], x.shape[-1])
-        feats = self.backbone(x)
-        dense = self.neck(feats) if self.neck is not None else None
+        stages = self.backbone.forward_stages(x)
+        feats = [full for _, full in stages]
+        maps = self.decoder(feats) if self.decoder is not None else []
         out = MultiTaskOutput()
         for name, task in self.tasks.items():
-            attended = self.encoder_attention[name](feats)
-            if task.dense:
-                assert dense is not None
-                out[name] = self.heads[name](
-                    self.decoder_attention[name](dense, attended[-1]), size
-                )
-            else:
-                out[name] = self.heads[name](attended[-1])
-        out.shared = ([dense] if dense is not None else []) + list(feats)
+            encoded = self._encoder(name, stages)
+            head = self.heads[name]
+            out[name] = (
+                head(self._decoder(name, maps, encoded), size) if task.dense else head(encoded)
+            )
+        out.shared = maps + feats
         return out

@@ -98,10 +98,14 @@ class ScaleFeatures(nn.Module):
 class MTINet(MultiTaskModel):
     """MTI-Net (Vandenhende, Georgoulis and Van Gool, ECCV 2020): multi-scale task interactions.
 
-    From the coarsest backbone scale to the finest, each dense task refines its own features,
-    which are distilled across tasks (PAD-Net's module) at that scale and propagated (FPM) to the
-    next finer one; each task's head aggregates its distilled maps of all scales. Compact: one
-    width for every scale, no per-scale deep supervision; image tasks pool the coarsest map.
+    From the coarsest backbone scale to the finest, each dense task refines its own features and
+    makes a prediction from them at that scale (supervised by the task's loss: deep supervision,
+    ``out.deep_supervision[task]["scale_s"]``, as in the paper and its code); the features are
+    distilled across tasks (PAD-Net's module) at that scale and propagated (FPM) to the next
+    finer one; each task's head aggregates its distilled maps of all scales. An auxiliary dense
+    task (``auxiliary: true``) has per-scale predictions only (its finest is its output) and
+    takes part in propagation and distillation as a sender, as the paper's auxiliary tasks do.
+    Compact: one width for every scale; image tasks pool the coarsest map.
     """
 
     def __init__(
@@ -112,7 +116,9 @@ class MTINet(MultiTaskModel):
         self.backbone = backbone
         channels = list(backbone.feature_channels)
         scales = len(channels)
-        dense = [t.name for t in tasks if t.dense]
+        dense = [t for t in tasks if t.dense]
+        names = [t.name for t in dense]
+        receivers = [t.name for t in dense if not t.auxiliary]
         self.has_dense = bool(dense)
         c = neck_channels
         if not dense:
@@ -122,16 +128,23 @@ class MTINet(MultiTaskModel):
             nn.ModuleDict(
                 {
                     t: ScaleFeatures(channels[s] + (c if s < len(channels) - 1 else 0), c)
-                    for t in dense
+                    for t in names
                 }
             )
             for s in range(scales)
         )
+        # each dense task's prediction at every scale (deep supervision)
+        self.scale_predictions = nn.ModuleList(
+            nn.ModuleDict({t.name: nn.Conv2d(c, t.channels, 1) for t in dense})
+            for _ in range(scales)
+        )
         # propagation from scale s to s - 1, for every scale but the finest
         self.propagation = nn.ModuleList(
-            FeaturePropagation(dense, c) if s > 0 else nn.Identity() for s in range(scales)
+            FeaturePropagation(names, c) if s > 0 else nn.Identity() for s in range(scales)
         )
-        self.distillation = nn.ModuleList(MultiModalDistillation(dense, c) for _ in range(scales))
+        self.distillation = nn.ModuleList(
+            MultiModalDistillation(receivers, c, names) for _ in range(scales)
+        )
         top = channels[-1]
         self.heads = nn.ModuleDict(
             {
@@ -139,8 +152,18 @@ class MTINet(MultiTaskModel):
                 if t.dense
                 else ImageHead(top, t.channels)
                 for t in tasks
+                if not (t.dense and t.auxiliary)
             }
         )
+
+    @override
+    def output_layers(self, task: str) -> list[nn.Conv2d | nn.Linear]:
+        per_scale = [
+            cast(nn.Conv2d, cast(nn.ModuleDict, m)[task])
+            for m in self.scale_predictions
+            if task in cast(nn.ModuleDict, m)
+        ]
+        return super().output_layers(task) + per_scale
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
@@ -149,6 +172,7 @@ class MTINet(MultiTaskModel):
         out = MultiTaskOutput()
         shared: list[torch.Tensor] = []
         multi_scale: dict[str, list[torch.Tensor]] = {}
+        predictions: dict[str, dict[str, torch.Tensor]] = {}
         if self.has_dense:
             propagated: dict[str, torch.Tensor] | None = None
             distilled: list[dict[str, torch.Tensor]] = []
@@ -157,6 +181,8 @@ class MTINet(MultiTaskModel):
                     t: module(feats[s], None if propagated is None else propagated[t])
                     for t, module in cast(nn.ModuleDict, self.scale_features[s]).items()
                 }
+                for t, predict in cast(nn.ModuleDict, self.scale_predictions[s]).items():
+                    predictions.setdefault(t, {})[f"scale_{s}"] = predict(task_feats[t])
                 distilled.append(self.distillation[s](task_feats))
                 fpm = self.propagation[s]
                 if isinstance(fpm, FeaturePropagation):
@@ -167,9 +193,18 @@ class MTINet(MultiTaskModel):
                 t: [_resize(d[t], finest[t]) for d in reversed(distilled)] for t in finest
             }
         for name, task in self.tasks.items():
+            if name not in self.heads:  # an auxiliary dense task: its finest prediction
+                preds = dict(predictions[name])
+                finest_pred = preds.pop("scale_0")
+                out[name] = F.interpolate(
+                    finest_pred, size=size, mode="bilinear", align_corners=False
+                )
+                out.deep_supervision[name] = preds
+                continue
             head = self.heads[name]
             if task.dense:
                 out[name] = head(torch.cat(multi_scale[name], dim=1), size)
+                out.deep_supervision[name] = predictions[name]
             else:
                 out[name] = head(feats[-1])
         out.shared = shared + list(feats)

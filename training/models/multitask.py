@@ -21,9 +21,16 @@ class MultiTaskOutput(dict[str, torch.Tensor]):
     ``shared`` holds the tensors produced by the shared layers (the neck's map for dense heads,
     the coarsest backbone map for image heads): gradient-based weighting methods that work on the
     representation rather than on the shared parameters need them.
+
+    ``deep_supervision`` holds, per task, its intermediate predictions by where they are made
+    (PAD-Net's ``initial``, MTI-Net's ``scale_0`` .. ``scale_3``), at their own resolution:
+    the trainer adds their losses to the task's (``training.losses``); they are never exported.
     """
 
-    shared: list[torch.Tensor]
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared: list[torch.Tensor] = []
+        self.deep_supervision: dict[str, dict[str, torch.Tensor]] = {}
 
 
 #: Input size (H, W) of the forward pass that finds which task reaches which parameter.
@@ -58,11 +65,20 @@ class MultiTaskModel(nn.Module):
         return []
 
     def set_output_bias(self, task: str, bias: torch.Tensor) -> None:
-        """Start task ``task``'s output at ``bias`` (per channel): its head's last layer bias."""
-        head = self.heads[task]  # every architecture ends each task in a DenseHead / ImageHead
-        last = head.proj if isinstance(head, DenseHead) else head.fc
+        """Start task ``task``'s output at ``bias`` (per channel) in every output layer.
+
+        That is its head's last layer and every layer making an intermediate prediction of it.
+        """
         with torch.no_grad():
-            last.bias.copy_(bias.to(last.bias))
+            for last in self.output_layers(task):
+                last.bias.copy_(bias.to(last.bias))
+
+    def output_layers(self, task: str) -> list[nn.Conv2d | nn.Linear]:
+        """The layers whose outputs are task ``task``'s predictions (final and intermediate)."""
+        if task not in self.heads:
+            return []
+        head = self.heads[task]  # every architecture ends each task in a DenseHead / ImageHead
+        return [head.proj if isinstance(head, DenseHead) else head.fc]
 
     def parameter_partition(self) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
         """(shared parameters, each task's own parameters), found once and kept."""
@@ -83,9 +99,12 @@ class MultiTaskModel(nn.Module):
         try:
             out = self(torch.zeros(2, 3, *PROBE_SIZE, device=device))
             for name in self.tasks:
-                grads = torch.autograd.grad(
-                    out[name].sum(), params, retain_graph=True, allow_unused=True
+                # everything the task's loss reaches: its output and its intermediate predictions
+                reached = out[name].sum() + sum(
+                    (pred.sum() for pred in out.deep_supervision.get(name, {}).values()),
+                    torch.zeros((), device=device),
                 )
+                grads = torch.autograd.grad(reached, params, retain_graph=True, allow_unused=True)
                 for p, g in zip(params, grads, strict=True):
                     if g is not None:
                         users[id(p)].append(name)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from typing_extensions import override
 
@@ -38,20 +39,25 @@ class MultiModalDistillation(nn.Module):
     """Attention-guided message passing between tasks (PAD-Net's distillation module C).
 
     Task ``k``'s output is ``f_k + sum_{l != k} sigmoid(conv(f_l)) * conv(f_l)``, with separate
-    convolutions for every ordered pair ``(k, l)``; with one task it is the identity.
+    convolutions for every ordered pair ``(k, l)``; with one task it is the identity. The
+    senders ``l`` may include auxiliary tasks that receive nothing themselves.
 
     Args:
-        names: the tasks, in order.
+        names: the receiving tasks, in order.
         channels: channels of every task's feature map.
+        senders: the tasks whose features are passed on (default: ``names``).
     """
 
-    def __init__(self, names: Sequence[str], channels: int) -> None:
+    def __init__(
+        self, names: Sequence[str], channels: int, senders: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         self.names = list(names)
+        self.senders = list(senders) if senders is not None else self.names
         self.messages = nn.ModuleDict(
             {
                 dst: nn.ModuleDict(
-                    {src: AttentionMessage(channels) for src in self.names if src != dst}
+                    {src: AttentionMessage(channels) for src in self.senders if src != dst}
                 )
                 for dst in self.names
             }
@@ -89,14 +95,21 @@ class InitialPrediction(nn.Module):
         return self.encode(torch.cat([h, pred], dim=1)), pred
 
 
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 @ARCHITECTURES.register("padnet")
 class PADNet(MultiTaskModel):
     """PAD-Net (Xu, Ouyang, Wang and Sebe, CVPR 2018): prediction, then multi-modal distillation.
 
-    A shared backbone + FPN neck gives each dense task an intermediate prediction; re-encoded with
-    its features, each passes attention-gated messages to the others, and the distilled maps feed
-    the final heads. The intermediate predictions have no loss of their own (no deep supervision)
-    and are not outputs; image-level tasks read the pooled coarsest backbone map, as in HPS.
+    A shared backbone + FPN neck gives every dense task an initial prediction, supervised by the
+    task's own loss (deep supervision, ``out.deep_supervision[task]["initial"]``, as the paper
+    and Vandenhende et al.'s code do). Re-encoded with its features, each passes attention-gated
+    messages to the others, and the distilled maps feed the final heads. An auxiliary dense task
+    (``auxiliary: true``) gets only the initial prediction, which is its output, and sends
+    messages without receiving any: the paper's edges and normals helping depth and
+    segmentation. Image-level tasks read the pooled coarsest backbone map, as in HPS.
     """
 
     def __init__(
@@ -111,22 +124,36 @@ class PADNet(MultiTaskModel):
         self.initial = nn.ModuleDict(
             {t.name: InitialPrediction(neck_channels, neck_channels, t.channels) for t in dense}
         )
-        self.distillation = MultiModalDistillation([t.name for t in dense], neck_channels)
+        finals = [t for t in tasks if not (t.dense and t.auxiliary)]
+        self.distillation = MultiModalDistillation(
+            [t.name for t in finals if t.dense], neck_channels, [t.name for t in dense]
+        )
         top = backbone.feature_channels[-1]
-        self.heads = task_heads(tasks, neck_channels, top)
+        self.heads = task_heads(finals, neck_channels, top)
+
+    @override
+    def output_layers(self, task: str) -> list[nn.Conv2d | nn.Linear]:
+        initial = [cast(InitialPrediction, self.initial[task]).proj] if task in self.initial else []
+        return super().output_layers(task) + initial
 
     @override
     def forward(self, x: torch.Tensor) -> MultiTaskOutput:
         size = (x.shape[-2], x.shape[-1])
         feats = self.backbone(x)
         shared = self.neck(feats) if self.neck is not None else None
+        out = MultiTaskOutput()
+        initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         distilled: dict[str, torch.Tensor] = {}
         if shared is not None:
-            initial = {name: module(shared)[0] for name, module in self.initial.items()}
-            distilled = self.distillation(initial)
-        out = MultiTaskOutput()
+            initial = {name: module(shared) for name, module in self.initial.items()}
+            distilled = self.distillation({name: f for name, (f, _) in initial.items()})
         for name, task in self.tasks.items():
+            if name not in self.heads:  # an auxiliary dense task: its initial prediction
+                out[name] = _upsample(initial[name][1], size)
+                continue
             head = self.heads[name]
             out[name] = head(distilled[name], size) if task.dense else head(feats[-1])
+            if name in initial:
+                out.deep_supervision[name] = {"initial": initial[name][1]}
         out.shared = [t for t in (shared, feats[-1]) if t is not None]
         return out

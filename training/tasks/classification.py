@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, log_shares
 
 
 class TopKAccuracy(MetricAccumulator):
@@ -53,3 +54,11 @@ class Classification(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return TopKAccuracy(5 if self.channels > 5 else 1)
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The log of the training class prior: its argmax is the most frequent class."""
+        counts = torch.zeros(self.channels, dtype=torch.float64)
+        for t in targets:
+            counts += torch.bincount(t.flatten(), minlength=self.channels).double()
+        return log_shares(counts)

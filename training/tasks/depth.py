@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
@@ -82,6 +83,18 @@ class Depth(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return DepthMetric()
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The mean valid depth: the constant with the least RMSE."""
+        total, count = 0.0, 0
+        for t in targets:
+            valid = t > 0
+            total += float(t[valid].double().sum())
+            count += int(valid.sum())
+        if not count:
+            raise ValueError(f"task {self.name!r}: no valid depth to fit a constant to")
+        return torch.tensor([total / count])
 
     @override
     def initial_bias(self, targets: list[torch.Tensor]) -> torch.Tensor | None:

@@ -20,13 +20,20 @@ pixel-exact matching (a one-pixel shift scores 0 there).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, count_above
+from training.tasks.base import (
+    TASK_KINDS,
+    MetricAccumulator,
+    TaskKind,
+    count_above,
+    logit_of_rate,
+)
 
 THRESHOLD = 0.5
 THRESHOLDS = torch.linspace(0.01, 0.99, 99)
@@ -172,3 +179,13 @@ class Edges(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return EdgeODS()
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The logit of the training edge rate, kept inside the range of ODS-F's thresholds.
+
+        A constant map survives thinning whole, so every threshold below it sees every pixel
+        as an edge: ODS-F is then the F of "edge everywhere" (recall 1, precision the share of
+        pixels within the tolerance of an edge), the same for any value inside the range.
+        """
+        return logit_of_rate(self.name, targets, THRESHOLDS)

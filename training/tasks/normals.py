@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
@@ -100,3 +101,14 @@ class Normals(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return AngularErrorMetric()
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The mean valid normal, normalised: the unit vector with the largest mean cosine."""
+        total = torch.zeros(3, dtype=torch.float64)
+        for t in targets:
+            valid = valid_mask_2d(t)
+            total += F.normalize(t.double(), dim=1).permute(0, 2, 3, 1)[valid].sum(dim=0)
+        if not total.any():
+            raise ValueError(f"task {self.name!r}: no valid normal to fit a constant to")
+        return F.normalize(total, dim=0).float()

@@ -9,13 +9,20 @@ and the best threshold's F. ``iou`` is the salient region's IoU at 0.5.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, count_above
+from training.tasks.base import (
+    TASK_KINDS,
+    MetricAccumulator,
+    TaskKind,
+    count_above,
+    logit_of_rate,
+)
 
 THRESHOLDS = torch.linspace(0.01, 0.99, 99)
 BETA2 = 0.3
@@ -75,3 +82,12 @@ class Saliency(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return MaxF()
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The logit of the training salient share, kept inside max-F's thresholds' range.
+
+        Every threshold below it sees the whole image as salient: max-F is then the F of
+        "salient everywhere", the same for any value inside the range.
+        """
+        return logit_of_rate(self.name, targets, THRESHOLDS)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind
+from training.tasks.base import TASK_KINDS, MetricAccumulator, TaskKind, log_shares
 
 IGNORE_INDEX = 255
 
@@ -56,3 +57,16 @@ class Segmentation(TaskKind):
     @override
     def metric(self) -> MetricAccumulator:
         return ConfusionMetric(self.channels)
+
+    @override
+    def constant_output(self, targets: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The log of each class's pixel share: its argmax, the most frequent class, everywhere.
+
+        Every pixel then counts for that class alone: the best constant for pixel accuracy and
+        for mIoU (a class never predicted has an IoU of 0 whatever the constant is).
+        """
+        counts = torch.zeros(self.channels, dtype=torch.float64)
+        for t in targets:
+            kept = t[t != IGNORE_INDEX].flatten()
+            counts += torch.bincount(kept, minlength=self.channels).double()
+        return log_shares(counts)

@@ -150,7 +150,15 @@ class GradientAggregation(Weighting):
         return direction, ((jacobian @ direction) / norms).tolist()
 
     def gramian_weights(self, gramian: torch.Tensor) -> torch.Tensor:
-        """The weights of a Gramian-based method (a subclass may solve it its own way)."""
+        """The weights of a Gramian-based method (a subclass may solve it its own way).
+
+        The Gramian is divided by its trace first: these methods' weights do not change when
+        it is scaled, but torchjd zeroes a Gramian whose trace is below 1e-4 (CAGrad's update
+        became 0, UPGrad's and DualProj's the plain mean) and adds 1e-8 to GradVac's norms.
+        """
+        trace = gramian.diagonal().sum()
+        if trace > 0:
+            gramian = gramian / trace
         return self.aggregator.gramian_weighting(gramian)
 
     @override

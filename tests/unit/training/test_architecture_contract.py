@@ -1,5 +1,7 @@
-"""Every registered architecture x task set: shapes, a training step, ONNX export with the parity
-check, and loading by the serving gateway (manifest vs graph, warm-up, the same outputs)."""
+"""Every registered architecture x task set: shapes, a training step, the shared/specific
+partition, deep supervision, ONNX export with the parity check (auxiliary tasks and intermediate
+predictions left out of the graph), and loading by the serving gateway (manifest vs graph,
+warm-up, the same outputs)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -16,12 +19,16 @@ from serving.backends.factory import onnxruntime_factory
 from serving.manifest import InputSpec, Manifest, Provenance
 from serving.repository import open_version
 from serving.settings import Settings
-from training.export import check_onnx, check_parity, export_onnx, task_spec
+from training.export import check_onnx, check_parity, export_onnx, exported_tasks, task_spec
 from training.models import ARCHITECTURES, build_backbone
 from training.tasks import TaskKind, build_task
 
 SIZE = (64, 64)
 LABELS = ("a", "b", "c")
+
+
+#: Task sets whose tasks of these kinds are auxiliary (trained, evaluated, never exported).
+AUXILIARY = {"auxiliary tasks": {"edges", "normals"}}
 
 
 def task_set(name: str) -> list[TaskKind]:
@@ -39,12 +46,31 @@ def task_set(name: str) -> list[TaskKind]:
         "image only": ["classification", "multilabel"],
         "one dense task": ["depth"],
         "one image task": ["classification"],
+        "auxiliary tasks": ["segmentation", "depth", "edges", "normals", "classification"],
     }[name]
     labelled = {"segmentation", "classification", "multilabel"}
-    return [build_task(f"t_{k}", k, LABELS if k in labelled else None) for k in kinds]
+    auxiliary = AUXILIARY.get(name, set())
+    return [
+        build_task(f"t_{k}", k, LABELS if k in labelled else None, k in auxiliary) for k in kinds
+    ]
 
 
-TASK_SETS = ["all kinds", "dense only", "image only", "one dense task", "one image task"]
+TASK_SETS = [
+    "all kinds",
+    "dense only",
+    "image only",
+    "one dense task",
+    "one image task",
+    "auxiliary tasks",
+]
+
+
+def task_loss(out, name: str) -> torch.Tensor:
+    """A stand-in for task ``name``'s training loss: its output and its intermediate ones."""
+    loss = out[name].pow(2).mean()
+    for pred in out.deep_supervision.get(name, {}).values():
+        loss = loss + pred.pow(2).mean()
+    return loss
 
 
 def build(arch: str, tasks: list[TaskKind]):
@@ -89,7 +115,7 @@ def test_a_training_step_reaches_every_parameter(arch, tasks):
     assert not shared & own and shared | own == {id(p) for p in model.parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out = model(torch.randn(2, 3, *SIZE))
-    sum(out[t.name].pow(2).mean() for t in ts).backward()
+    sum(task_loss(out, t.name) for t in ts).backward()
     # reached by the graph (zero-initialised residual branches may get a zero gradient at first)
     dead = [n for n, p in model.named_parameters() if p.grad is None]
     assert not dead, f"parameters no loss reaches: {dead[:8]}"
@@ -113,7 +139,7 @@ def test_shared_parameters_are_those_more_than_one_task_reaches(arch, tasks):
     reached: dict[int, set[str]] = {id(p): set() for p in params}
     for t in ts:
         grads = torch.autograd.grad(
-            out[t.name].pow(2).mean(), params, retain_graph=True, allow_unused=True
+            task_loss(out, t.name), params, retain_graph=True, allow_unused=True
         )
         for p, g in zip(params, grads, strict=True):
             if g is not None:
@@ -129,21 +155,70 @@ def test_shared_parameters_are_those_more_than_one_task_reaches(arch, tasks):
     assert not wrong_shared, f"shared but reached by one task: {wrong_shared[:6]}"
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES.names())
-def test_exports_to_onnx_with_parity_and_the_gateway_serves_it(arch, tmp_path: Path):
-    ts = task_set("one dense task" if arch == "single_task" else "all kinds")
+DEEP_SUPERVISION = {"padnet": ["initial"], "mtinet": [f"scale_{s}" for s in range(4)]}
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES.names() if a != "single_task"])
+def test_deep_supervision_where_the_paper_has_it(arch):
+    """PAD-Net supervises every dense task's initial prediction, MTI-Net its prediction at
+    every scale; an auxiliary dense task's output is its finest intermediate prediction (the
+    others stay intermediate); the other architectures have none."""
+    ts = task_set("auxiliary tasks")
+    out = build(arch, ts)(torch.randn(2, 3, *SIZE))
+    expected: dict[str, list[str]] = {}
+    for t in ts:
+        where = DEEP_SUPERVISION.get(arch, []) if t.dense else []
+        if t.auxiliary:
+            where = where[1:]  # the finest (scale_0 / initial) is the output itself
+        if where:
+            expected[t.name] = where
+    assert {t: sorted(w) for t, w in out.deep_supervision.items()} == {
+        t: sorted(w) for t, w in expected.items()
+    }
+    for t, preds in out.deep_supervision.items():
+        channels = next(k.channels for k in ts if k.name == t)
+        assert all(p.shape[:2] == (2, channels) for p in preds.values())
+
+
+def conv_layers_reached(model, names: list[str]) -> int:
+    """Convolutions the outputs ``names`` depend on (in eval mode, as exported)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    out = model(torch.randn(1, 3, *SIZE))
+    total = sum(out[n].sum() for n in names)
+    grads = torch.autograd.grad(total, [c.weight for c in convs], allow_unused=True)
+    return sum(g is not None for g in grads)
+
+
+EXPORTS = [(arch, "all kinds") for arch in ARCHITECTURES.names()] + [
+    (arch, "auxiliary tasks")
+    for arch in DEEP_SUPERVISION  # elsewhere a head left out by name
+]
+
+
+@pytest.mark.parametrize(("arch", "tasks"), EXPORTS)
+def test_exports_to_onnx_with_parity_and_the_gateway_serves_it(arch, tasks, tmp_path: Path):
+    ts = task_set("one dense task" if arch == "single_task" else tasks)
     model = build(arch, ts).eval()
     with torch.no_grad():  # a few steps of BatchNorm statistics, so eval differs from init
         model.train()
         for _ in range(2):
             model(torch.randn(4, 3, *SIZE))
         model.eval()
+        # no two layers alike (cross-stitch copies one backbone per task), or the exporter's
+        # common-subexpression elimination merges them and the graph has fewer Conv nodes
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    ts = exported_tasks(ts)
     names = [t.name for t in ts]
     version = tmp_path / "repo" / "m" / "1"
     version.mkdir(parents=True)
     onnx_path = version / "model.onnx"
     export_onnx(model, names, SIZE, onnx_path, 18)
     check_onnx(onnx_path, names, SIZE)
+    # nothing of the auxiliary tasks or the intermediate predictions is left in the graph
+    graph = onnx.load(str(onnx_path)).graph
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    assert len(conv_weights) == conv_layers_reached(model, names)
     gen = torch.Generator().manual_seed(1)
     inputs = [torch.randn(1, 3, *SIZE, generator=gen), torch.randn(4, 3, *SIZE, generator=gen)]
     check_parity(model, names, onnx_path, inputs, atol=1e-4, rtol=1e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -74,3 +76,104 @@ def test_fusion_units_train_at_the_reference_learning_rate_multiple(data, tmp_pa
     base = next(g for g in groups if g is not scaled[0] and g["weight_decay"] > 0)
     assert scaled[0]["initial_lr"] == pytest.approx(100 * base["initial_lr"])
     assert not fusion & {id(p) for g in groups if g is not scaled[0] for p in g["params"]}
+
+
+DEEP_SUPERVISED = {
+    # architecture: (main tasks, auxiliary tasks, where each main task is supervised)
+    "padnet": (["semseg", "depth"], ["edges", "normals"], ["initial"]),
+    "mtinet": (["semseg", "normals"], ["depth", "edges"], [f"scale_{s}" for s in range(4)]),
+}
+
+
+def tasks_config(main: list[str], auxiliary: list[str]) -> list[dict]:
+    kinds = {"semseg": "segmentation", "depth": "depth", "normals": "normals", "edges": "edges"}
+    return [{"name": t, "kind": kinds[t], "auxiliary": t in auxiliary} for t in main + auxiliary]
+
+
+@pytest.mark.parametrize("arch", sorted(DEEP_SUPERVISED))
+def test_deep_supervision_losses_are_logged(arch, data, tmp_path):
+    main, auxiliary, where = DEEP_SUPERVISED[arch]
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        {
+            "data.root": str(data),
+            "tasks": tasks_config(main, auxiliary),
+            "model.architecture": arch,
+            "optim.epochs": 1,
+            "run.log_every_steps": 1,
+        },
+    )
+    out = tmp_path / "run"
+    metrics = trainer.Trainer(cfg, out).fit()
+    assert set(metrics) == set(main + auxiliary)  # auxiliary tasks are evaluated too
+    steps = [
+        r
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "weights" in r
+    ]
+    assert steps
+    expected = {f"{t}/{w}" for t in main for w in where}
+    # an auxiliary task's finest intermediate prediction is its output: the others are terms
+    expected |= {f"{t}/{w}" for t in auxiliary for w in where[1:]}
+    for record in steps:
+        terms = record["deep_supervision"]
+        assert set(terms) == expected
+        for t in main + auxiliary:  # each task's loss holds its terms (weight 1)
+            mine = [v for k, v in terms.items() if k.startswith(f"{t}/")]
+            assert record["loss"][t] > sum(mine) > 0 or not mine
+
+
+def test_the_task_loss_adds_the_weighted_deep_supervision_terms():
+    from training.losses import task_losses
+    from training.models import MultiTaskOutput
+    from training.tasks import build_task
+
+    task = build_task("depth", "depth")
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 16, 16, generator=g) + 1
+    out = MultiTaskOutput()
+    out["depth"] = torch.rand(2, 1, 16, 16, generator=g)
+    coarse = torch.rand(2, 1, 4, 4, generator=g)
+    out.deep_supervision["depth"] = {"scale_1": coarse}
+    losses, terms = task_losses({"depth": task}, ["depth"], out, {"depth": target}, 0.5)
+    up = torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear")
+    term = task.loss(up, target)
+    assert float(terms["depth/scale_1"]) == pytest.approx(float(term))
+    assert float(losses["depth"]) == pytest.approx(
+        float(task.loss(out["depth"], target) + 0.5 * term)
+    )
+    off, _ = task_losses({"depth": task}, ["depth"], out, {"depth": target}, 0.0)
+    assert float(off["depth"]) == pytest.approx(float(task.loss(out["depth"], target)))
+
+
+def test_an_export_leaves_the_auxiliary_tasks_out(data, tmp_path):
+    from training.export import export_run
+    from training.runs import load_run
+
+    cfg = load_config(
+        ROOT / "configs" / "smoke.yaml",
+        {
+            "data.root": str(data),
+            "tasks": tasks_config(["semseg", "depth"], ["edges"]),
+            "model.architecture": "padnet",
+            "optim.epochs": 1,
+        },
+    )
+    trainer.Trainer(cfg, tmp_path / "run").fit()
+    assert [t.auxiliary for t in load_run(tmp_path / "run").tasks] == [False, False, True]
+    result = export_run(tmp_path / "run", tmp_path / "repo", "m")
+    assert [t.name for t in result.manifest.tasks] == ["semseg", "depth"]
+    assert set(result.manifest.metrics) == {"semseg", "depth"}
+
+
+def test_a_config_of_auxiliary_tasks_only_is_refused(data):
+    from training.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="auxiliary"):
+        load_config(
+            ROOT / "configs" / "smoke.yaml",
+            {
+                "data.root": str(data),
+                "tasks": [{"name": "depth", "kind": "depth", "auxiliary": True}],
+            },
+        )
