@@ -6,6 +6,14 @@ weighting, each task's primary metric, Delta_MTL against single-task baselines, 
 CPU latency per image at batch 1) and ``DIR/losses.png``, ``DIR/weights.png`` (per-task training
 loss and task weights over steps, from each run's metrics.jsonl).
 
+Beside the runs, both tables show the constant predictor (``training.constants``: each task's
+best constant, fit on the training split, measured by the same metric code) and say, run by
+run, whether it beats that constant on every task's primary metric. Baselines are a run's own
+(``RUN/baselines/TASK``, from ``train --baselines``) or come from ``baselines``, one or several
+folders of ``TASK/`` runs (e.g. one per seed): with several, a run is compared with each
+task's mean over them, and each folder is also shown as a row (the single-task models side by
+side: their parameters and latencies add up).
+
 Runs whose configs differ only in ``run.seed`` (and the run's name) are one setup: when a setup
 has several seeds, ``compare.md`` adds a table of each setup's mean +- sample standard deviation
 over its seeds (every task's primary metric, Delta_MTL, Delta_m) and ``compare.json`` its
@@ -17,22 +25,27 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.baselines import find_baselines
+from training.constants import constant_predictor, fit_constants, shortfalls
 from training.data.folder import FolderDataset
 from training.errors import ConfigError
 from training.evaluate import (
     Metrics,
     evaluate_model,
+    evaluate_predictor,
     metric_delta,
     multitask_delta,
     primary_metric,
 )
-from training.runs import METRICS_LOG, Run, load_run
+from training.runs import METRICS_LOG, WEIGHTS_FILE, Run, load_run
+from training.tasks import TaskKind
 
 
 def _dataset(run: Run, data: Path | None, split: str) -> FolderDataset:
@@ -57,9 +70,121 @@ def latency_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 20)
     return statistics.median(times) * 1000
 
 
-def _evaluate(run_dir: Path, data: Path | None, split: str, batch_size: int) -> tuple[Run, Metrics]:
-    run = load_run(run_dir)
-    return run, evaluate_model(run.model(), run.tasks, _dataset(run, data, split), batch_size)
+class _Evaluated:
+    """Each run directory loaded and evaluated once (baselines are shared by many runs)."""
+
+    def __init__(self, data: Path | None, split: str, batch_size: int) -> None:
+        self.data, self.split, self.batch_size = data, split, batch_size
+        self.done: dict[Path, tuple[Run, Metrics]] = {}
+
+    def __call__(self, run_dir: Path) -> tuple[Run, Metrics]:
+        if run_dir not in self.done:
+            run = load_run(run_dir)
+            dataset = _dataset(run, self.data, self.split)
+            self.done[run_dir] = (
+                run,
+                evaluate_model(run.model(), run.tasks, dataset, self.batch_size),
+            )
+        return self.done[run_dir]
+
+
+def _deltas(
+    metrics: Metrics, base: Metrics, tasks: Sequence[TaskKind]
+) -> tuple[float | None, dict[str, float] | None, float | None]:
+    """Delta_MTL (and its per-task terms) and Delta_m of ``metrics`` against ``base``."""
+    base = {t: m for t, m in base.items() if t in metrics}
+    if not base:
+        return None, None, None
+    delta, per_task = multitask_delta(metrics, base, {t.name: primary_metric(t) for t in tasks})
+    delta_m, _ = metric_delta(metrics, base, {t.name: dict(t.higher_is_better) for t in tasks})
+    return delta, per_task, delta_m
+
+
+def _mean_metrics(many: list[Metrics]) -> Metrics:
+    """Each task's metrics averaged over the entries of ``many`` that have the task."""
+    tasks = {t for m in many for t in m}
+    return {
+        t: {
+            name: statistics.fmean(m[t][name] for m in many if t in m)
+            for name in next(m[t] for m in many if t in m)
+        }
+        for t in sorted(tasks)
+    }
+
+
+def _single_task_row(root: Path, names: list[str], evaluated: _Evaluated) -> dict[str, Any] | None:
+    """The single-task baselines in ``root/TASK`` taken together, as one row; None if none."""
+    found = [root / t for t in names if (root / t / WEIGHTS_FILE).is_file()]
+    if not found:
+        return None
+    metrics: Metrics = {}
+    tasks, params, latency = [], 0, 0.0
+    for path in found:
+        run, m = evaluated(path)
+        metrics |= m
+        tasks += run.tasks
+        model = run.model()
+        params += sum(p.numel() for p in model.parameters())
+        latency += latency_ms(model, run.input_size)
+    config = run.config.model_dump(mode="json")
+    config.pop("tasks")
+    return {
+        "run": str(root),
+        "data": str(Path(evaluated.data or run.config.data.root)),
+        "setup": "single_task " + setup_key(config),
+        "seed": run.config.run.seed,
+        "architecture": "single_task",
+        "weighting": "one model per task",
+        "tasks": tasks,
+        "primary": {t.name: [t.primary_metric, metrics[t.name][t.primary_metric]] for t in tasks},
+        "metrics": metrics,
+        "parameters": params,
+        "latency_ms_per_image": latency,
+    }
+
+
+def _constant_rows(
+    runs: list[Run], data: Path | None, split: str, batch_size: int
+) -> list[dict[str, Any]]:
+    """The constant predictor of each dataset the runs use, fit on its training split."""
+    by_root: dict[Path, tuple[Run, dict[str, TaskKind]]] = {}
+    for run in runs:
+        root = Path(data or run.config.data.root)
+        seen = by_root.setdefault(root, (run, {}))[1]
+        seen |= {t.name: t for t in run.tasks if t.name not in seen}
+    rows = []
+    for root, (run, by_name) in by_root.items():
+        tasks = list(by_name.values())
+        outputs = fit_constants(tasks, root, run.config.data.train_split)
+        dataset = FolderDataset(root, split, list(by_name), None)
+        metrics = evaluate_predictor(constant_predictor(tasks, outputs), tasks, dataset, batch_size)
+        name = "constant" if len(by_root) == 1 else f"constant ({root.name})"
+        rows.append(
+            {
+                "run": name,
+                "data": str(root),
+                "fit_split": run.config.data.train_split,
+                "architecture": "constant",
+                "weighting": "-",
+                "tasks": tasks,
+                "outputs": {t: v.tolist() for t, v in outputs.items()},
+                "primary": {
+                    t.name: [t.primary_metric, metrics[t.name][t.primary_metric]] for t in tasks
+                },
+                "metrics": metrics,
+                "parameters": 0,
+                "latency_ms_per_image": None,
+            }
+        )
+    return rows
+
+
+def _roots(baselines: Path | Sequence[Path] | None) -> list[Path]:
+    if baselines is None:
+        return []
+    if isinstance(baselines, str | Path):
+        return [Path(baselines)]
+    return [Path(b) for b in baselines]
 
 
 def compare_runs(
@@ -67,29 +192,33 @@ def compare_runs(
     out: Path,
     data: Path | None = None,
     split: str = "test",
-    baselines: Path | None = None,
+    baselines: Path | Sequence[Path] | None = None,
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
-    """Evaluate ``runs`` and write the comparison table and plots into ``out``."""
+    """Evaluate ``runs`` and write the comparison table and plots into ``out``.
+
+    ``baselines``: one or several folders of single-task runs ``TASK/``; with several, each
+    task's reference is the mean of its baselines over them.
+    """
     if not runs:
         raise ConfigError("compare: give at least one run directory")
     out.mkdir(parents=True, exist_ok=True)
-    cache: dict[Path, Metrics] = {}
+    evaluated = _Evaluated(data, split, batch_size)
+    loaded = [evaluated(Path(r))[0] for r in runs]
+    names = list(dict.fromkeys(t.name for run in loaded for t in run.tasks))
+    singles = [
+        r for r in (_single_task_row(root, names, evaluated) for root in _roots(baselines)) if r
+    ]
+    reference = _mean_metrics([r["metrics"] for r in singles])
+    constants = _constant_rows(loaded, data, split, batch_size)
     rows = []
-    for run_dir in runs:
-        run, metrics = _evaluate(run_dir, data, split, batch_size)
+    for run_dir, run in zip(runs, loaded, strict=True):
+        metrics = evaluated(Path(run_dir))[1]
         names = [t.name for t in run.tasks]
-        primaries = {t.name: primary_metric(t) for t in run.tasks}
-        base_metrics: Metrics = {}
-        for task, path in find_baselines(run_dir, names, baselines).items():
-            if path not in cache:
-                cache[path] = _evaluate(path, data, split, batch_size)[1]
-            base_metrics[task] = cache[path][task]
-        delta = per_task = delta_m = None
-        if base_metrics:
-            delta, per_task = multitask_delta(metrics, base_metrics, primaries)
-            directions = {t.name: dict(t.higher_is_better) for t in run.tasks}
-            delta_m, _ = metric_delta(metrics, base_metrics, directions)
+        own = find_baselines(run_dir, names)
+        base_metrics = {t: evaluated(p)[1][t] for t, p in own.items()}
+        base_metrics |= {t: reference[t] for t in names if t in reference and t not in own}
+        delta, per_task, delta_m = _deltas(metrics, base_metrics, run.tasks)
         model = run.model()
         weighting = run.config.weighting
         rows.append(
@@ -100,7 +229,9 @@ def compare_runs(
                 "architecture": run.config.model.architecture,
                 "weighting": weighting.name
                 + (f" {json.dumps(weighting.params)}" if weighting.params else ""),
-                "primary": {t: [primaries[t].name, metrics[t][primaries[t].name]] for t in names},
+                "primary": {
+                    t.name: [t.primary_metric, metrics[t.name][t.primary_metric]] for t in run.tasks
+                },
                 "metrics": metrics,
                 "baselines": base_metrics,
                 "delta_mtl": delta,
@@ -108,17 +239,57 @@ def compare_runs(
                 "delta_m": delta_m,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "latency_ms_per_image": latency_ms(model, run.input_size),
+                "below_constant": _below_constant(
+                    metrics, run.tasks, Path(data or run.config.data.root), constants
+                ),
             }
         )
-    setups = over_seeds(rows)
-    doc = {"split": split, "runs": rows, "setups": setups}
+    for extra in (*singles, *constants):
+        extra["delta_mtl"], extra["delta_per_task"], extra["delta_m"] = _deltas(
+            extra["metrics"], reference, extra["tasks"]
+        )
+    for single in singles:
+        single["below_constant"] = _below_constant(
+            single["metrics"], single["tasks"], Path(single["data"]), constants
+        )
+    setups = over_seeds(rows + singles)
+    plain = [{k: v for k, v in r.items() if k != "tasks"} for r in (*singles, *constants)]
+    doc = {
+        "split": split,
+        "runs": rows,
+        "single_task": plain[: len(singles)],
+        "constants": plain[len(singles) :],
+        "setups": setups,
+    }
     (out / "compare.json").write_text(json.dumps(doc, indent=2))
-    table = markdown_table(rows, split)
+    reference_note = _reference_note(len(singles))
+    table = markdown_table(rows + singles + constants, split, reference_note)
+    table += "\n" + constant_lines(rows + singles)
     if any(s["seeds"] > 1 for s in setups):
-        table += "\n" + seeds_table(setups)
+        table += "\n" + seeds_table(setups, constants)
     (out / "compare.md").write_text(table)
     plot_curves(runs, out)
     return rows
+
+
+def _below_constant(
+    metrics: Metrics, tasks: Sequence[TaskKind], root: Path, constants: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The tasks where ``metrics`` do not beat the constant of dataset ``root``."""
+    found = [c for c in constants if Path(c["data"]) == root]
+    if not found:
+        return []
+    return [asdict(s) for s in shortfalls(metrics, found[0]["metrics"], tasks)]
+
+
+def _reference_note(n_roots: int) -> str:
+    if n_roots > 1:
+        return (
+            f"against the mean of the single-task baselines over their {n_roots} seeds (every "
+            "seed of a setup is compared with that mean, not with the same seed's baselines; "
+            "each baseline seed's own Δ against the mean shows the noise)"
+        )
+    return "against single-task baselines"
 
 
 def setup_key(config: dict[str, Any]) -> str:
@@ -168,26 +339,46 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("delta_mtl", "delta_m"):
             values = [r[key] for r in members if r.get(key) is not None]
             entry[key] = _mean_std(values) if len(values) == len(members) else None
+        per_task = [r.get("delta_per_task") or {} for r in members]
+        entry["delta_per_task"] = {
+            t: _mean_std([d[t] for d in per_task])
+            for t in per_task[0]
+            if all(t in d for d in per_task)
+        }
         setups.append(entry)
     return setups
 
 
-def seeds_table(setups: list[dict[str, Any]]) -> str:
-    """Mean +- standard deviation over seeds, one row per setup."""
+def _task_columns(entries: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Every task of ``entries`` in first-seen order, and each one's primary metric name."""
     tasks: list[str] = []
-    for s in setups:
-        tasks += [t for t in s["primary"] if t not in tasks]
-    metric_of = {t: s["primary"][t] for s in setups for t in s["primary"]}
-    head = ["architecture", "weighting", "seeds"]
+    metric_of: dict[str, str] = {}
+    for e in entries:
+        for t, primary in e["primary"].items():
+            if t not in tasks:
+                tasks.append(t)
+                metric_of[t] = primary if isinstance(primary, str) else primary[0]
+    return tasks, metric_of
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:+.2f}%"
+
+
+def seeds_table(setups: list[dict[str, Any]], constants: Sequence[dict[str, Any]] = ()) -> str:
+    """Mean +- standard deviation over seeds, one row per setup; the constants last."""
+    tasks, metric_of = _task_columns(setups)
+    head = ["setup (first run)", "architecture", "weighting", "seeds"]
     head += [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL", "Δ_m"]
     lines = [
-        "Mean ± sample standard deviation over seeds.",
+        "Mean ± sample standard deviation over seeds"
+        + ("; the constant predictor has no seed." if constants else "."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for s in setups:
-        cells = [s["architecture"], s["weighting"], str(s["seeds"])]
+        cells = [Path(s["runs"][0]).name, s["architecture"], s["weighting"], str(s["seeds"])]
         for t in tasks:
             m = s["metrics"].get(t, {}).get(s["primary"].get(t, ""))
             cells.append("" if m is None else f"{m['mean']:.4f} ± {m['std']:.4f}")
@@ -195,20 +386,24 @@ def seeds_table(setups: list[dict[str, Any]]) -> str:
             d = s[key]
             cells.append("" if d is None else f"{d['mean'] * 100:+.2f}% ± {d['std'] * 100:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    for c in constants:
+        cells = [c["run"], c["architecture"], c["weighting"], "-"]
+        cells += [f"{c['primary'][t][1]:.4f}" if t in c["primary"] else "" for t in tasks]
+        cells += [_percent(c.get("delta_mtl")), _percent(c.get("delta_m"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(rows: list[dict[str, Any]], split: str) -> str:
-    """One row per run; a task's column shows its primary metric."""
-    tasks: list[str] = []
-    for r in rows:
-        tasks += [t for t in r["primary"] if t not in tasks]
-    metric_of = {t: r["primary"][t][0] for r in rows for t in r["primary"]}
+def markdown_table(
+    rows: list[dict[str, Any]], split: str, reference: str = "against single-task baselines"
+) -> str:
+    """One row per run (then any single-task and constant rows); a task shows its primary metric."""
+    tasks, metric_of = _task_columns(rows)
     head = ["run", "architecture", "weighting"]
     head += [f"{t} {metric_of[t]}" for t in tasks]
     head += ["Δ_MTL", "Δ_m", "params (M)", "ms/img (CPU, batch 1)"]
     lines = [
-        f"Metrics on the {split} split; against single-task baselines (higher is better): "
+        f"Metrics on the {split} split; Δ {reference} (higher is better): "
         "Δ_MTL on each task's primary metric, Δ_m on all its metrics.",
         "",
         "| " + " | ".join(head) + " |",
@@ -217,15 +412,39 @@ def markdown_table(rows: list[dict[str, Any]], split: str) -> str:
     for r in rows:
         cells = [Path(r["run"]).name, r["architecture"], r["weighting"]]
         cells += [f"{r['primary'][t][1]:.4f}" if t in r["primary"] else "" for t in tasks]
-        delta, delta_m = r["delta_mtl"], r.get("delta_m")
+        latency = r["latency_ms_per_image"]
         cells += [
-            "" if delta is None else f"{delta * 100:+.2f}%",
-            "" if delta_m is None else f"{delta_m * 100:+.2f}%",
+            _percent(r["delta_mtl"]),
+            _percent(r.get("delta_m")),
             f"{r['parameters'] / 1e6:.2f}",
-            f"{r['latency_ms_per_image']:.1f}",
+            "" if latency is None else f"{latency:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def constant_lines(rows: list[dict[str, Any]]) -> str:
+    """A line per row saying whether it beats the constant predictor on every primary metric."""
+    lines = []
+    for r in rows:
+        if "below_constant" not in r:
+            continue
+        below = r["below_constant"]
+        verdict = (
+            "yes"
+            if not below
+            else "no: "
+            + "; ".join(
+                f"{b['task']} {b['metric']} {b['value']:.4f} (constant {b['constant']:.4f})"
+                for b in below
+            )
+        )
+        lines.append(f"- {Path(r['run']).name}: {verdict}")
+    if not lines:
+        return ""
+    return (
+        "Beats the constant predictor on every task's primary metric:\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _read_log(run_dir: Path) -> list[dict[str, Any]]:

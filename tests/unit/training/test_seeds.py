@@ -22,6 +22,7 @@ def _row(run: str, seed: int, miou: float, rmse: float, delta: float | None, lr:
         "primary": {"seg": ["miou", miou], "depth": ["rmse", rmse]},
         "metrics": {"seg": {"miou": miou, "acc": 0.9}, "depth": {"rmse": rmse}},
         "delta_mtl": delta,
+        "delta_per_task": None if delta is None else {"seg": 2 * delta, "depth": 0.0},
         "delta_m": None if delta is None else delta / 2,
     }
 
@@ -47,7 +48,10 @@ def test_mean_and_sample_std_over_seeds():
     assert a["metrics"]["depth"]["rmse"]["std"] == pytest.approx(0.1)
     assert a["delta_mtl"]["mean"] == pytest.approx(0.02)
     assert a["delta_m"]["std"] == pytest.approx(statistics.stdev([0.05, 0.0, -0.02]))
+    assert a["delta_per_task"]["seg"]["mean"] == pytest.approx(0.04)
+    assert a["delta_per_task"]["depth"] == {"mean": 0.0, "std": 0.0}
     assert b["metrics"]["seg"]["miou"] == {"mean": 0.4, "std": 0.0} and b["delta_mtl"] is None
+    assert b["delta_per_task"] == {}
     table = seeds_table(setups)
     assert "| hps | equal | 3 | 0.5500 ± 0.0500 | 0.8000 ± 0.1000 | +2.00% ± 7.21 |" in table
 
