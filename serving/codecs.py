@@ -82,13 +82,27 @@ def encode_json(array: np.ndarray, decimals: int = 4, **extra: Any) -> dict[str,
 
 
 def decode_array(encoded: dict[str, Any]) -> np.ndarray:
-    """Inverse of the encoders (for clients and tests)."""
+    """Inverse of the encoders: the values in their units, whatever the encoding.
+
+    A PNG of values (depth, normals, probabilities) says how its integers map back: depth by
+    ``value_min`` and ``value_max`` (16-bit), the others by ``scale`` and ``offset``
+    (``value = offset + v * scale``); those come back as float32, as float16 maps come back in
+    float16. A PNG without them (a class map) is its integers.
+    """
     enc = encoded["encoding"]
     shape = tuple(encoded["shape"])
     if enc == "png":
         with Image.open(io.BytesIO(pybase64.b64decode(encoded["data"]))) as img:
             array = np.asarray(img)
-        return array.astype(encoded.get("dtype", str(array.dtype))).reshape(shape)
+        array = array.astype(encoded.get("dtype", str(array.dtype))).reshape(shape)
+        if "value_min" in encoded and "value_max" in encoded:
+            lo, hi = float(encoded["value_min"]), float(encoded["value_max"])
+            top = float(np.iinfo(array.dtype).max)
+            return (lo + array.astype(np.float32) / top * (hi - lo)).astype(np.float32)
+        if "scale" in encoded:
+            scaled = array.astype(np.float32) * np.float32(encoded["scale"])
+            return (scaled + np.float32(encoded.get("offset", 0.0))).astype(np.float32)
+        return array
     if enc in ("float16", "raw"):
         dtype = np.dtype(encoded["dtype"]).newbyteorder("<")
         return np.frombuffer(pybase64.b64decode(encoded["data"]), dtype=dtype).reshape(shape)

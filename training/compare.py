@@ -91,8 +91,12 @@ class _Evaluated:
 def _deltas(
     metrics: Metrics, base: Metrics, tasks: Sequence[TaskKind]
 ) -> tuple[float | None, dict[str, float] | None, float | None]:
-    """Delta_MTL (and its per-task terms) and Delta_m of ``metrics`` against ``base``."""
-    base = {t: m for t, m in base.items() if t in metrics}
+    """Delta_MTL (and its per-task terms) and Delta_m of ``metrics`` against ``base``.
+
+    Over the tasks the model serves: an auxiliary task only helps training, so it is left out.
+    """
+    served = {t.name for t in tasks if not t.auxiliary}
+    base = {t: m for t, m in base.items() if t in metrics and t in served}
     if not base:
         return None, None, None
     delta, per_task = multitask_delta(metrics, base, {t.name: primary_metric(t) for t in tasks})

@@ -42,10 +42,11 @@ class Normals(Kind):
     ) -> Decoded:
         """The map."""
         n = maps["normals"]
-        png = None
         if options.encoding == "png":
             png = np.round((n.astype(np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        return {"map": encode_map(n, options, placement, png)}
+            # how the page and decode_array read it back: n = v / 127.5 - 1
+            return {"map": encode_map(n, options, placement, png, scale=1 / 127.5, offset=-1.0)}
+        return {"map": encode_map(n, options, placement)}
 
     def response_bytes(self, task: TaskSpec, size: tuple[int, int], options: DecodeOptions) -> int:
         """The map (three values per pixel)."""

@@ -132,10 +132,11 @@ def prediction_from_row(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any
     """A scored row back as the ``/v1`` prediction of its image: width, height and tasks.
 
     ``schema`` is the Parquet file's (its metadata holds what every row shares). A row with an
-    error has no prediction: ``ValueError`` names the error.
+    error (a corrupt or unreadable image) has no prediction: it gives ``{"error": "..."}``, the
+    body ``/v1`` answers for that image alone, so a loop over every row needs no special case.
     """
     if row.get("error") is not None:
-        raise ValueError(f"row {row.get('id')!r} has no prediction: {row['error']}")
+        return {"error": row["error"]}
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     templates: dict[str, dict[str, Any]] = json.loads(meta["polyhead.template"])
     encoding = json.loads(meta["polyhead.options"])["encoding"]

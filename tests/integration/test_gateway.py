@@ -76,7 +76,9 @@ def test_one_image_every_task_decoded(url):
     t = pred["tasks"]
     assert list(t) == TASKS
     assert decode_array(t["semseg"]["map"]).shape == (128, 128)
-    assert decode_array(t["depth"]["map"]).dtype == np.uint16
+    depth = decode_array(t["depth"]["map"])  # metres, as a float16 map gives them
+    assert depth.dtype == np.float32 and t["depth"]["min"] <= depth.min() <= depth.max()
+    assert depth.max() <= t["depth"]["max"] + 1e-4
     assert decode_array(t["normals"]["map"]).shape == (128, 128, 3)
     assert decode_array(t["edges"]["probability"]).shape == (128, 128)
     assert t["background"]["label"] in {"stripes", "checker", "noise", "gradient"}

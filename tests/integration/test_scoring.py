@@ -111,6 +111,7 @@ def test_505_rows_5_errors_and_rows_equal_the_v1_api(collection, gateway, cli_en
     for row in rows:
         if row["error"]:
             assert row["semseg.map"] is None and row["background.label"] is None
+            assert prediction_from_row(row, schema) == {"error": row["error"]}
         else:
             assert (row["model"], row["version"]) == ("scenes", 1)
 

@@ -159,3 +159,18 @@ def test_the_seeds_table_has_the_single_task_setup_and_the_constant(compared):
     assert "| constant | constant | - | - |" in seeds
     setups = {s["architecture"]: s for s in doc["setups"]}
     assert setups["single_task"]["delta_mtl"]["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_deltas_leave_auxiliary_tasks_out():
+    from training.compare import _deltas
+    from training.tasks.base import build_task
+
+    depth = build_task("depth", "depth")
+    edges = build_task("edges", "edges", auxiliary=True)
+    multi = {"depth": {"rmse": 0.9}, "edges": {"ods_f": 0.1}}
+    base = {"depth": {"rmse": 1.0}, "edges": {"ods_f": 0.5}}
+    delta, per_task, _ = _deltas(multi, base, [depth, edges])
+    assert per_task == {"depth": pytest.approx(0.1)}  # edges' -80% helps training, is not served
+    assert delta == pytest.approx(0.1)
+    with_edges, _, _ = _deltas(multi, base, [depth, build_task("edges", "edges")])
+    assert with_edges == pytest.approx((0.1 - 0.8) / 2)
