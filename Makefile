@@ -11,7 +11,7 @@ TRITON_VENV ?= .venv-triton
 KSERVE_VENV ?= .venv-kserve
 PERF_VENV ?= .venv-perf
 
-.PHONY: serve test install-serve install-dev install-triton-test install-kserve-test install-perf-analyzer-test lint typecheck unit demo-model clean
+.PHONY: serve test install-serve install-dev install-triton-test install-kserve-test install-perf-analyzer-test install-browser-test lint typecheck unit demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ install-perf-analyzer-test: $(PERF_VENV)/bin/python
 	dpkg -s libb64-0d >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libb64-0d)
 	$(PERF_VENV)/bin/pip install -q tritonclient==2.51.0 nvidia-cuda-runtime-cu12
 
+# The page's browser tests (tests/browser) drive Debian's Chromium through Playwright, which
+# cannot download browser builds of its own here; playwright itself comes with the dev extra.
+install-browser-test: install-dev
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/pip install -q playwright==1.65.2
+
 serve: install-serve
 	$(BIN)/polyhead serve --repo model_repo --host $(HOST) --port $(PORT)
 
@@ -66,7 +72,7 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-test: install-dev install-triton-test install-kserve-test install-perf-analyzer-test lint typecheck
+test: install-dev install-triton-test install-kserve-test install-perf-analyzer-test install-browser-test lint typecheck
 	$(BIN)/python -m pytest
 
 # Rebuild the bundled demo model from scratch (about 25 minutes on 2 CPU cores).

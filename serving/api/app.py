@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from serving.api import health, page, v1
+from serving.api import docs, health, page, v1
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import BodyLimit, RequestMetrics
 from serving.api.v2 import rest as v2_rest
@@ -78,6 +78,9 @@ def create_app(
         summary="Multi-task model gateway: one forward pass, every task, decoded.",
         version="0.1.0",
         lifespan=lifespan,
+        # served by serving.api.docs from local files instead of FastAPI's CDN-backed pages
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -91,7 +94,9 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(v2_rest.router)
     app.include_router(page.router)
+    app.include_router(docs.router)
     app.mount("/static", page.static_files(), name="static")
+    app.mount(docs.PREFIX, docs.static_files(), name="static-docs")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

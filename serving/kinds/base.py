@@ -30,6 +30,13 @@ Maps = dict[str, np.ndarray]
 Decoded = dict[str, Any]
 
 
+#: Keys of a kind's ``view`` whose values name fields of its ``/v1`` prediction (``stats`` a list
+#: of them), where the page reads what it draws: ``map`` a map, ``legend`` the classes present,
+#: ``items`` ranked labels, scores or values, ``label`` the top label, ``present`` the labels over
+#: the threshold, ``threshold``, ``share`` of pixels over it, ``units``.
+VIEW_FIELDS = ("map", "legend", "items", "label", "present", "threshold", "share", "units", "stats")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """Per-request choices: map encoding, map resolution, how many labels."""
@@ -106,7 +113,9 @@ class Kind:
     channels: ClassVar[int | None] = None  # fixed number of channels
     max_channels: ClassVar[int | None] = None
     decoded: ClassVar[tuple[DecodedTensor, ...]] = ()
-    #: How the page draws a prediction of this kind (see serving/api/static/page.js).
+    #: How the page draws a prediction of this kind (see serving/api/static/page.js): ``draw``
+    #: names the renderer; the keys in :data:`VIEW_FIELDS` name fields of the prediction; the
+    #: rest are literals (``caption``, ``opacity``, ``colormap``, ``colour``, ``axes``).
     view: ClassVar[dict[str, Any]] = {}
 
     # ---- the contract ----------------------------------------------------------------------

@@ -33,7 +33,12 @@ class Classification(Kind):
     dense = False
     labelled = True
     decoded = (DecodedTensor("probabilities", ("softmax",)),)
-    view: ClassVar[dict[str, Any]] = {"draw": "ranked", "items": "top_k"}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "ranked",
+        "items": "top_k",
+        "label": "label",
+        "caption": "One label for the whole image.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

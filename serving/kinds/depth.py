@@ -30,7 +30,14 @@ class Depth(Kind):
     dense = True
     channels = 1
     decoded = (DecodedTensor("depth", ("squeeze_channel", "float16"), "linear"),)
-    view: ClassVar[dict[str, Any]] = {"draw": "heat", "map": "map", "stats": ["min", "max", "mean"]}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "heat",
+        "map": "map",
+        "stats": ["min", "mean", "max"],
+        "units": "units",
+        "colormap": "viridis",
+        "caption": "Distance from the camera: dark is near, bright is far.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

@@ -43,7 +43,14 @@ class Edges(Kind):
     thresholded = True
     channels = 1
     decoded = (DecodedTensor("probability", ("sigmoid", "squeeze_channel", "float16"), "linear"),)
-    view: ClassVar[dict[str, Any]] = {"draw": "overlay", "map": "probability"}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "overlay",
+        "map": "probability",
+        "threshold": "threshold",
+        "share": "fraction_above_threshold",
+        "colour": [255, 214, 0],
+        "caption": "Probability that a pixel lies on an edge.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

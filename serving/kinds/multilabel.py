@@ -30,7 +30,13 @@ class Multilabel(Kind):
     labelled = True
     thresholded = True
     decoded = (DecodedTensor("probabilities", ("sigmoid",)),)
-    view: ClassVar[dict[str, Any]] = {"draw": "scores", "items": "scores", "threshold": "threshold"}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "scores",
+        "items": "scores",
+        "threshold": "threshold",
+        "present": "labels",
+        "caption": "Each label on its own: present when over the threshold.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

@@ -30,7 +30,13 @@ class Normals(Kind):
     dense = True
     channels = 3
     decoded = (DecodedTensor("normals", ("l2_normalize", "channels_last", "float16"), "linear"),)
-    view: ClassVar[dict[str, Any]] = {"draw": "rgb", "map": "map"}
+    # the camera frame of polyhead's datasets (training/data/synth.py): x right, y down, z forward
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "rgb",
+        "map": "map",
+        "axes": {"red": "x, right", "green": "y, down", "blue": "z, away from the camera"},
+        "caption": "Which way each surface faces; the ball is the key.",
+    }
 
     def resampled(self, name: str, array: np.ndarray) -> np.ndarray:
         """Interpolated unit vectors are shorter than 1: normalise them again."""

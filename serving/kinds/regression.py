@@ -24,7 +24,7 @@ class Regression(Kind):
     name = "regression"
     dense = False
     decoded = (DecodedTensor("values", ()),)  # no ops: the raw output itself
-    view: ClassVar[dict[str, Any]] = {"draw": "values", "items": "values"}
+    view: ClassVar[dict[str, Any]] = {"draw": "values", "items": "values", "units": "units"}
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

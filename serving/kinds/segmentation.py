@@ -32,7 +32,13 @@ class Segmentation(Kind):
     labelled = True
     max_channels = 256
     decoded = (DecodedTensor("classes", ("argmax",), "nearest"),)
-    view: ClassVar[dict[str, Any]] = {"draw": "classes", "map": "map", "legend": "classes"}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "classes",
+        "map": "map",
+        "legend": "classes",
+        "opacity": 0.6,
+        "caption": "Each pixel coloured by its class, laid over the image.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

@@ -126,6 +126,24 @@ def test_the_manifest_says_which_version_decodes_in_the_graph(gateway):
             assert t["view"] == get_kind(t["kind"]).view
 
 
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_every_field_a_view_names_is_in_the_prediction(gateway, kind):
+    """The page reads what a kind's view names (serving.kinds.base.VIEW_FIELDS) from /v1."""
+    from serving.kinds.base import VIEW_FIELDS
+
+    url, _ = gateway
+    view = get_kind(kind).view
+    assert isinstance(view.get("draw"), str), view
+    decoded = v1(url, IMAGES["photo"], 2, "&encoding=png")["tasks"][f"t_{kind}"]
+    for key in VIEW_FIELDS:
+        if key in view:
+            for field in view[key] if isinstance(view[key], list) else [view[key]]:
+                assert field in decoded, (kind, key, field, sorted(decoded))
+    if "map" in view:  # the page draws maps it asked for as PNG, laid on the image by their box
+        enc = decoded[view["map"]]
+        assert enc["encoding"] == "png" and {"box", "image"} <= set(enc), (kind, sorted(enc))
+
+
 def _decoded_names(kind: str) -> list[str]:
     k = get_kind(kind)
     task = next(t for t in TASKS if t.kind == kind)

@@ -1,0 +1,1 @@
+polyhead score --repo model_repo --model scenes --input photos/ --output scored/
