@@ -1,7 +1,9 @@
 """The ``polyhead`` command line: data, train, evaluate, export (training) and serve (serving).
 
 Training commands import torch lazily, inside the command, so a serving host without torch can
-run ``polyhead serve``.
+run ``polyhead serve``; there, a training command says which extra to install
+(``polyhead.errors``). Help text is rendered as Rich markup: square brackets are tags, so
+defaults are written in parentheses.
 """
 
 from __future__ import annotations
@@ -9,19 +11,26 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from polyhead.errors import user_errors
+from polyhead.help import TidyCommand, TidyGroup
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, cls=TidyGroup)
 data_app = typer.Typer(
-    no_args_is_help=True, help="Datasets: write synthetic scenes, convert real datasets."
+    no_args_is_help=True,
+    cls=TidyGroup,
+    help="Datasets: write synthetic scenes, convert real datasets.",
 )
 app.add_typer(data_app, name="data")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Our loggers, at INFO without --verbose; every other library's stays at WARNING.
+OWN_LOGGERS = ("polyhead", "training", "serving")
 
 # Options of the commands that reach a model backend (serve, score): one definition each.
 BackendOption = Annotated[str | None, typer.Option(help="onnxruntime (default) or triton.")]
@@ -37,37 +46,35 @@ ProvidersOption = Annotated[
 EnvFileOption = Annotated[Path | None, typer.Option(help="A POLYHEAD_* settings file.")]
 
 
-def _user_errors(fn: F) -> F:
-    """Turn the errors a user can cause into a one-line message and exit code 2."""
+def _command(group: typer.Typer, path: str, extra: str | None) -> Callable[[F], F]:
+    """Register a command at ``path`` (``train``, ``data synth``) that needs ``extra``.
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if _is_user_error(e):
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2) from e
-            raise
+    The errors a user can cause become one line and exit code 2 (``polyhead.errors``).
+    """
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(fn: F) -> F:
+        wrapped = user_errors(f"polyhead {path}", extra)(fn)
+        group.command(path.split()[-1], cls=TidyCommand)(wrapped)
+        return wrapped
 
-
-def _is_user_error(e: Exception) -> bool:
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"PolyheadTrainingError", "DatasetError", "ManifestError", "PolyheadError"})
+    return decorate
 
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, every library's included.")
+    ] = False,
 ) -> None:
-    """Multi-task models: train, evaluate, export, serve."""
+    """Multi-task models: train, evaluate, export (training extra); serve, score (no torch)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _settings(env_file: Path | None, **options: Any) -> Any:
@@ -85,8 +92,7 @@ def _settings(env_file: Path | None, **options: Any) -> Any:
         raise typer.Exit(2) from e
 
 
-@data_app.command("synth")
-@_user_errors
+@_command(data_app, "data synth", "train")
 def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write the dataset to.")],
     n: Annotated[int, typer.Option(min=1, help="Number of scenes.")] = 2000,
@@ -100,8 +106,7 @@ def data_synth(
     synth(out, n, size, seed, overwrite)
 
 
-@data_app.command("convert")
-@_user_errors
+@_command(data_app, "data convert", "train")
 def data_convert(
     format_: Annotated[
         str,
@@ -124,8 +129,7 @@ def data_convert(
     convert(format_, src, out, size, overwrite)
 
 
-@app.command()
-@_user_errors
+@_command(app, "train", "train")
 def train(
     config: Annotated[Path, typer.Option(help="YAML training config.")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
@@ -133,7 +137,10 @@ def train(
         bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
     ] = False,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key: --set optim.lr=0.001")
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=0.001"
+        ),
     ] = None,
     baselines: Annotated[
         bool,
@@ -149,8 +156,7 @@ def train(
     run_train(config, out, resume, set_ or [], baselines)
 
 
-@app.command("list")
-@_user_errors
+@_command(app, "list", "train")
 def list_(
     what: Annotated[str, typer.Argument(help="weightings, architectures, backbones or tasks.")],
 ) -> None:
@@ -163,8 +169,7 @@ def list_(
         typer.echo(f"{name:<{width}}  {doc}")
 
 
-@app.command()
-@_user_errors
+@_command(app, "evaluate", "train")
 def evaluate(
     run: Annotated[Path | None, typer.Option(help="A training run directory (PyTorch).")] = None,
     model: Annotated[
@@ -176,7 +181,8 @@ def evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     baseline: Annotated[
-        list[str] | None, typer.Option(help="Single-task baseline: TASK=RUN_DIR (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="TASK=RUN_DIR", help="Single-task baseline (repeatable)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
@@ -187,8 +193,7 @@ def evaluate(
     run_evaluate(run, model, data, split, baseline or [], batch_size, out)
 
 
-@app.command()
-@_user_errors
+@_command(app, "compare", "train")
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
     out: Annotated[
@@ -212,8 +217,7 @@ def compare(
     run_compare(runs, out, data, split, baselines)
 
 
-@app.command()
-@_user_errors
+@_command(app, "export", "train")
 def export(
     run: Annotated[Path | None, typer.Option(help="A finished training run directory.")] = None,
     upgrade: Annotated[
@@ -224,24 +228,30 @@ def export(
         ),
     ] = None,
     repo: Annotated[
-        Path | None, typer.Option(help="Model repository root [default: model_repo].")
+        Path | None, typer.Option(help="Model repository root (default: model_repo).")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Model name in the repository [default: scenes].")
+        str | None, typer.Option(help="Model name in the repository (default: scenes).")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset for parity and metrics.")] = None,
     split: Annotated[
         str | None, typer.Option(help="Split whose metrics go in the manifest.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Publish even if the versions beside it take another input size (Triton's "
+            "config.pbtxt, rewritten for the new one, will no longer fit them)."
+        ),
+    ] = False,
 ) -> None:
     """Export to ONNX with decoded outputs, check parity with PyTorch, publish the next version."""
     from training.cli import export as run_export
 
-    run_export(run, repo, name, data, split, upgrade)
+    run_export(run, repo, name, data, split, upgrade, force=force)
 
 
-@app.command()
-@_user_errors
+@_command(app, "score", "serve")
 def score(
     input_: Annotated[
         str,
@@ -255,10 +265,10 @@ def score(
     repo: Annotated[Path, typer.Option(help="Model repository root.")] = Path("model_repo"),
     model: Annotated[str, typer.Option(help="Model name in the repository.")] = "scenes",
     version: Annotated[
-        int | None, typer.Option(help="Model version [default: the newest].")
+        int | None, typer.Option(help="Model version (default: the newest).")
     ] = None,
     tasks: Annotated[
-        str | None, typer.Option(help="Comma-separated tasks to keep [default: all].")
+        str | None, typer.Option(help="Comma-separated tasks to keep (default: all).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     workers: Annotated[
@@ -298,7 +308,7 @@ def score(
         ),
     ] = None,
     gpus_per_actor: Annotated[
-        float | None, typer.Option(help="GPUs per Ray actor [default: 1 if the cluster has any].")
+        float | None, typer.Option(help="GPUs per Ray actor (default: 1 if the cluster has any).")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Discard a previous run in --output instead of resuming it.")
@@ -376,13 +386,13 @@ def score(
     sys.stdout.write(json.dumps(summary) + "\n")
 
 
-@app.command()
+@_command(app, "serve", "serve")
 def serve(
     repo: Annotated[
-        Path | None, typer.Option(help="Model repository root [default: model_repo].")
+        Path | None, typer.Option(help="Model repository root (default: model_repo).")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port [default: 8000].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: 8000).")] = None,
     grpc_port: Annotated[
         int | None, typer.Option(help="Also serve KServe v2 gRPC on this port (off by default).")
     ] = None,
@@ -421,7 +431,11 @@ def serve(
         providers=providers.split(",") if providers else None,
     )
     if not settings.repo.is_dir():
-        typer.echo(f"error: model repository not found: {settings.repo}", err=True)
+        typer.echo(
+            f"error: model repository not found: {settings.repo} "
+            "(pass --repo PATH, or set POLYHEAD_REPO)",
+            err=True,
+        )
         raise typer.Exit(2)
     uvicorn.run(
         create_app(settings),

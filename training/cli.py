@@ -165,7 +165,9 @@ def _run_and_data(run_dir: Path, data: Path | None, split: str) -> tuple[Any, An
         raise ConfigError(f"data folder not found: {root} (pass --data)")
     names = [t.name for t in run.tasks]
     cfg = run.config
-    return run, FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+    dataset = FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+    dataset.require_image_size(run.input_size)
+    return run, dataset
 
 
 def _evaluate_exported(
@@ -193,6 +195,7 @@ def _evaluate_exported(
     names = [t.name for t in tasks]
     inp = manifest.input
     dataset = FolderDataset(root, split, names, None, inp.mean, inp.std)
+    dataset.require_image_size((inp.height, inp.width))
     predict = onnx_predictor(version_dir / MODEL_FILE, {t.name: t.output for t in manifest.tasks})
     return evaluate_predictor(predict, tasks, dataset, batch_size), tasks, version_dir
 
@@ -204,11 +207,14 @@ def export(
     data: Path | None,
     split: str | None,
     upgrade: Path | None = None,
+    force: bool = False,
 ) -> None:
     """Export a run to ONNX, check it, and publish it as the next version (or ``--upgrade``)."""
     if upgrade is not None:
         options = {"--run": run, "--repo": repo, "--name": name, "--data": data, "--split": split}
         given = [k for k, v in options.items() if v is not None]
+        if force:
+            given.append("--force")
         if given:
             raise ConfigError(
                 f"--upgrade publishes next to the version it upgrades; drop {', '.join(given)}"
@@ -224,7 +230,7 @@ def export(
     from training.export import export_run
 
     repo, name = repo or Path("model_repo"), name or "scenes"
-    result = export_run(run, repo, name, data_root=data, split=split)
+    result = export_run(run, repo, name, data_root=data, split=split, force=force)
     typer.echo(
         "parity vs PyTorch (max abs error): "
         + ", ".join(f"{k}={v:.2e}" for k, v in result.max_abs_error.items())

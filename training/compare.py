@@ -54,7 +54,9 @@ def _dataset(run: Run, data: Path | None, split: str) -> FolderDataset:
         raise ConfigError(f"data folder not found: {root} (pass --data)")
     cfg = run.config
     names = [t.name for t in run.tasks]
-    return FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+    dataset = FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+    dataset.require_image_size(run.input_size)
+    return dataset
 
 
 def latency_ms(model: torch.nn.Module, size: tuple[int, int], repeats: int = 20) -> float:
@@ -206,7 +208,6 @@ def compare_runs(
     """
     if not runs:
         raise ConfigError("compare: give at least one run directory")
-    out.mkdir(parents=True, exist_ok=True)
     evaluated = _Evaluated(data, split, batch_size)
     loaded = [evaluated(Path(r))[0] for r in runs]
     names = list(dict.fromkeys(t.name for run in loaded for t in run.tasks))
@@ -265,6 +266,7 @@ def compare_runs(
         "constants": plain[len(singles) :],
         "setups": setups,
     }
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed comparison leaves no folder
     (out / "compare.json").write_text(json.dumps(doc, indent=2))
     reference_note = _reference_note(len(singles))
     table = markdown_table(rows + singles + constants, split, reference_note)

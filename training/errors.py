@@ -23,3 +23,7 @@ class CheckpointError(PolyheadTrainingError):
 
 class ExportError(PolyheadTrainingError):
     """ONNX export, its checks or publishing failed."""
+
+
+class OutputExistsError(PolyheadTrainingError, FileExistsError):
+    """A folder to write already exists (and is not empty); ``overwrite`` replaces it."""

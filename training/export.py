@@ -19,9 +19,11 @@ Checks, in order (any failure aborts before anything is published):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,13 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.manifest import InputSpec, Manifest, Provenance, TaskSpec
+from serving.manifest import InputSpec, Manifest, Provenance, TaskSpec, check_model_name
 from training.data.folder import FolderDataset
 from training.errors import ExportError
 from training.evaluate import Metrics, evaluate_predictor, onnx_predictor
 from training.graph_decoding import append_decoded_outputs_file, decoded_names
 from training.onnx_checks import INPUT_NAME, Agreement, check_decoded, check_onnx
-from training.publish import MODEL_FILE, discard, file_sha256, publish_version, staging_dir
+from training.publish import MODEL_FILE, check_input_size, file_sha256, publish_version, staging
 from training.runs import Run, load_run
 from training.tasks import TaskKind
 
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_THRESHOLD_KINDS = {"edges", "multilabel"}
 _UNITS = {"depth": "m"}
+#: Loggers of the exporter's libraries: torch.onnx warns once per torchvision op it cannot
+#: register, onnxscript and onnx_ir log every optimisation pass.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 class _TupleOutputs(nn.Module):
@@ -76,7 +81,7 @@ def export_onnx(
     """Write ``model`` as one ONNX file with a dynamic batch axis and one output per task."""
     dummy = torch.randn(2, 3, *size)
     dynamic = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             _TupleOutputs(model, names).eval(),
@@ -90,6 +95,27 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Only the exporter's errors, unless debug logging is on (``polyhead -v``).
+
+    torch configures its own loggers when imported (a handler, level WARNING), so this is set
+    here, around the export, rather than once with the root logger.
+    """
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def check_parity(
@@ -161,8 +187,15 @@ def export_run(
     data_root: str | Path | None = None,
     split: str | None = None,
     real_batches: int = 2,
+    force: bool = False,
 ) -> ExportResult:
-    """Export, check, evaluate and publish a run as the next version of ``repo/name``."""
+    """Export, check, evaluate and publish a run as the next version of ``repo/name``.
+
+    Checked before anything is exported: the model name, the dataset's image size, and the
+    input size of the versions already in ``repo/name`` (``force`` publishes another size). A
+    failure leaves nothing behind (``training.publish.staging``).
+    """
+    check_model_name(name)
     run = load_run(run_dir)
     cfg = run.config
     exported = exported_tasks(run.tasks)
@@ -175,16 +208,17 @@ def export_run(
             f"data folder {root} not found: export evaluates the model on it (pass --data)"
         )
     dataset = FolderDataset(root, split, names, None, cfg.data.mean, cfg.data.std)
+    dataset.require_image_size(run.input_size)
+    check_input_size(Path(repo) / name, run.input_size, force)
 
-    staged = staging_dir(Path(repo), name)
-    try:
+    with staging(Path(repo), name) as staged:
         onnx_path = staged / MODEL_FILE
         tasks = export_with_decoded(model, names, run, onnx_path)
         inputs = _parity_inputs(dataset, run.input_size, real_batches)
         errors = check_parity(model, names, onnx_path, inputs, cfg.export.atol, cfg.export.rtol)
-        log.info("parity ok: max abs error %s", errors)
+        log.debug("parity ok: max abs error %s", errors)
         decoded = check_decoded(onnx_path, tasks, [x.numpy() for x in inputs])
-        log.info("decoded outputs agree with the CPU decoders: %s", decoded)
+        log.debug("decoded outputs agree with the CPU decoders: %s", decoded)
         metrics = evaluate_predictor(
             onnx_predictor(onnx_path, {n: n for n in names}),
             exported,
@@ -207,9 +241,6 @@ def export_run(
             tensorrt_precision=None if trt == "off" else trt.upper(),
             warmup=cfg.export.warmup,
         )
-    except BaseException:
-        discard(staged)
-        raise
     return ExportResult(version, path, Manifest.load(path / "manifest.json"), errors, decoded)
 
 

@@ -19,14 +19,7 @@ from serving.manifest import Manifest, version_number
 from training.errors import ExportError
 from training.graph_decoding import append_decoded_outputs_file, decoded_names
 from training.onnx_checks import Agreement, check_decoded, check_onnx, check_same_raw
-from training.publish import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    discard,
-    file_sha256,
-    publish_version,
-    staging_dir,
-)
+from training.publish import MANIFEST_FILE, MODEL_FILE, file_sha256, publish_version, staging
 
 if TYPE_CHECKING:
     from training.config import ExportConfig
@@ -135,8 +128,7 @@ def publish_upgrade(version_dir: str | Path) -> tuple[int, Path, UpgradeResult]:
             f"{version_dir}: the manifest names model {manifest.name!r}, not {name!r}"
         )
     settings = _export_settings(manifest)
-    staged = staging_dir(repo, name)
-    try:
+    with staging(repo, name) as staged:
         result = upgrade_version(version_dir, staged)
         raw = result.manifest.model_dump()
         version, path = publish_version(
@@ -148,9 +140,6 @@ def publish_upgrade(version_dir: str | Path) -> tuple[int, Path, UpgradeResult]:
             tensorrt_precision=None if settings.tensorrt == "off" else settings.tensorrt.upper(),
             warmup=settings.warmup,
         )
-    except BaseException:
-        discard(staged)
-        raise
     return version, path, result
 
 

@@ -47,6 +47,9 @@ def _positive_std(v: tuple[float, float, float]) -> tuple[float, float, float]:
 Std = Annotated[tuple[float, float, float], AfterValidator(_positive_std)]
 #: A task name: an identifier, since it names ONNX outputs, columns and config keys.
 TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: A model name: a repository folder and a part of URLs; lowercase, so that it names one folder
+#: on a case-insensitive file system too.
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
 class ManifestError(ValueError):
@@ -174,7 +177,7 @@ class Manifest(_Frozen):
     """Everything the server needs to load, run and decode one model version."""
 
     format_version: Literal[1] = FORMAT_VERSION
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     version: int = Field(ge=1)
     input: InputSpec
     tasks: list[TaskSpec] = Field(min_length=1)
@@ -265,6 +268,21 @@ class Manifest(_Frozen):
         Path(path).write_text(self.model_dump_json(indent=2) + "\n")
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model (:data:`MODEL_NAME_PATTERN`); a ManifestError if not."""
+    if re.fullmatch(MODEL_NAME_PATTERN, name) is None:
+        raise ManifestError(
+            f"invalid model name {name!r}: lowercase letters, digits, '_', '.' and '-', "
+            f"starting with a letter or digit (e.g. {_suggest_name(name)!r})"
+        )
+    return name
+
+
+def _suggest_name(name: str) -> str:
+    suggestion = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-_.")
+    return suggestion or "scenes"
+
+
 def version_number(text: str) -> int | None:
     """A model version written in ASCII digits (``"3"``) as an int >= 1; None for anything else.
 
@@ -289,12 +307,14 @@ def render_errors(e: ValidationError, title: str) -> str:
 
 __all__ = [
     "FORMAT_VERSION",
+    "MODEL_NAME_PATTERN",
     "DecodedOutput",
     "InputSpec",
     "Manifest",
     "ManifestError",
     "Provenance",
     "TaskSpec",
+    "check_model_name",
     "render_errors",
     "version_number",
 ]

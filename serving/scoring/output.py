@@ -131,7 +131,11 @@ class OutputDir:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[OutputDir]:
-        """Hold the directory's lock: a second scorer on the same directory is refused."""
+        """Hold the directory's lock: a second scorer on the same directory is refused.
+
+        A directory this call created is removed again if the run fails before writing to it.
+        """
+        created = not self.root.exists()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -145,6 +149,11 @@ class OutputDir:
         self._lock_fd = fd
         try:
             yield self
+        except BaseException:
+            if created and [p.name for p in self.root.iterdir()] == [LOCK_FILE]:
+                (self.root / LOCK_FILE).unlink()
+                self.root.rmdir()
+            raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

@@ -90,9 +90,11 @@ class Prepared:
 
 def resolve_version(repo: Path, model: str, version: int | None) -> int:
     """The version to score with: the given one, or the newest on disk."""
+    if not repo.is_dir():
+        raise NotFound(f"model repository not found: {repo} (pass --repo PATH)")
     model_dir = repo / model
     if not model_dir.is_dir():
-        known = sorted(p.name for p in repo.iterdir() if p.is_dir()) if repo.is_dir() else []
+        known = sorted(p.name for p in repo.iterdir() if p.is_dir())
         raise NotFound(f"unknown model {model!r} in {repo}; models: {', '.join(known) or 'none'}")
     versions = sorted(
         v for p in model_dir.iterdir() if p.is_dir() and (v := version_number(p.name)) is not None

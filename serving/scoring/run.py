@@ -43,6 +43,7 @@ def score(job: ScoreJob, progress_stream: Any = None) -> dict[str, Any]:
     """Run (or resume, or confirm finished) the job; returns the summary in ``_SUCCESS``."""
     if job.batch_size < 1 or job.shard_size < 1 or job.workers < 0:
         raise ValueError("batch size and shard size must be >= 1, workers >= 0")
+    resolve_version(job.repo, job.model, job.version)  # a wrong model leaves no output folder
     out = OutputDir(job.output)
     with out.locked():
         if job.overwrite:

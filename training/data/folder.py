@@ -182,6 +182,15 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def require_image_size(self, size: tuple[int, int]) -> None:
+        """Refuse a dataset whose images are not ``size`` (H, W), the size a model takes."""
+        if tuple(self.image_size) != tuple(size):
+            (h, w), (dh, dw) = size, self.image_size
+            raise DatasetError(
+                f"the model takes {w}x{h} images, the dataset {self.root} is {dw}x{dh} "
+                f"(pass --data with a {w}x{h} dataset)"
+            )
+
     def _read_dense(self, task: TaskInfo, sid: str) -> np.ndarray:
         folder = self.root / task.name
         if task.kind == "depth":

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from training.errors import OutputExistsError
+
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = ("stripes", "checker", "noise", "gradient")
 SEMSEG_LABELS = ("background", *SHAPE_CLASSES)
@@ -444,7 +446,8 @@ def write_dataset(
         ``out`` as a ``Path``.
 
     Raises:
-        FileExistsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is false.
+        OutputExistsError: (a FileExistsError) ``out`` is a file, or a non-empty folder and
+            ``overwrite`` is false.
         ValueError: ``n``, ``size`` or ``splits`` are out of range.
     """
     out = Path(out)
@@ -452,9 +455,11 @@ def write_dataset(
         raise ValueError(f"n must be >= 1, got {n}")
     SceneConfig(size=size)  # validates size before anything touches the disk
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
+        raise OutputExistsError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+        raise OutputExistsError(
+            f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
+        )
     split_lists = split_ids([str(i).zfill(max(6, len(str(n - 1)))) for i in range(n)], seed, splits)
     out.parent.mkdir(parents=True, exist_ok=True)
     # os.mkdir honours the umask (tempfile.mkdtemp would leave the dataset readable by us alone)
