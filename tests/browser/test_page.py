@@ -80,6 +80,10 @@ class Session:
         self.page.on("request", lambda r: self.requests.append(r))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        # Playwright turns file-chooser interception on asynchronously when the first listener
+        # comes; subscribing here, long before a key opens the chooser, takes out the race in
+        # which the key press wins and the chooser opens natively (no event)
+        self.page.on("filechooser", lambda chooser: None)
 
     def _route(self, route) -> None:
         split = urlsplit(route.request.url)

@@ -23,8 +23,10 @@ def bargaining_weights(
     """The Nash bargaining weights: ``alpha > 0`` with ``(K alpha)_t = 1 / alpha_t``, ``K = G G^T``.
 
     They minimise ``1/2 a^T K a - sum_t log a_t``, strictly convex on ``a > 0``: solved by damped
-    Newton steps (backtracking on that objective) on ``K / |K|_F`` plus ``1e-12`` on the
-    diagonal (a singular ``K`` would let the objective fall without bound), warm-started from
+    Newton steps (backtracking on that objective while the Newton decrement is large, full steps
+    once it is small) on ``K / |K|_F`` plus ``1e-14`` on the diagonal (a singular ``K`` would let
+    the objective fall without bound; the relative residual this leaves is about
+    ``1e-14 |K|_F / lambda_min(K)``), warm-started from
     ``start`` (the previous solution), then scaled back, so ``alpha`` scales as ``1 / s`` when the
     gradients scale by ``s`` and the direction ``alpha @ G`` does not change. The paper's code
     approximates the same point by a sequence of convex programs (cvxpy), which torchjd's
@@ -35,7 +37,7 @@ def bargaining_weights(
     scale = float(np.linalg.norm(k))
     if not np.isfinite(scale) or scale <= 0:
         return torch.ones(n, dtype=torch.float64)
-    k = k / scale + 1e-12 * np.eye(n)
+    k = k / scale + 1e-14 * np.eye(n)
     if start is None or not torch.all(start > 0):
         a = 1 / np.sqrt(np.diag(k))
     else:
@@ -49,6 +51,12 @@ def bargaining_weights(
         if np.linalg.norm(grad) <= 1e-12 * np.linalg.norm(1 / a):
             break
         step = np.linalg.solve(k + np.diag(1 / a**2), grad)
+        if float(grad @ step) < 1e-6 and np.all(a - step > 0):
+            # Newton decrement below 1e-3: the objective is self-concordant, so the full step
+            # is in the quadratic region (Boyd & Vandenberghe 9.6.4); an Armijo test here would
+            # compare changes of ~1e-16 with float rounding and stop at a residual of ~1e-8
+            a = a - step
+            continue
         t, now = 1.0, objective(a)
         for _ in range(_MAX_HALVINGS):
             trial = a - t * step
