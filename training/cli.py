@@ -124,9 +124,14 @@ def evaluate(
                 raise ConfigError(f"--baseline {task}={base_run}: that run has no task {task!r}")
             m = evaluate_model(loaded_b.model(), loaded_b.tasks, dataset_b, batch_size)
             baseline_metrics[task] = m[task]
-        delta, deltas = multitask_delta(metrics, baseline_metrics, primaries)
+        # over the served tasks: an auxiliary task only helps training (as in compare)
+        auxiliary = {t.name for t in tasks if t.auxiliary}
+        served = {t: m for t, m in baseline_metrics.items() if t not in auxiliary}
+        if not served:
+            raise ConfigError("every task with a baseline is auxiliary: no delta to report")
+        delta, deltas = multitask_delta(metrics, served, primaries)
         directions = {t.name: dict(t.higher_is_better) for t in tasks}
-        delta_m, changes = metric_delta(metrics, baseline_metrics, directions)
+        delta_m, changes = metric_delta(metrics, served, directions)
         record.update(baselines=baseline_metrics, delta_mtl=delta, delta_per_task=deltas)
         record.update(delta_m=delta_m, delta_m_changes=changes)
     typer.echo(format_table(metrics, baseline_metrics or None, deltas, primaries))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.auth import check_key
 from serving.repository import ModelRepository
@@ -31,7 +32,19 @@ async def get_repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
-async def require_api_key(request: Request) -> None:
+# Declared so the OpenAPI document has security schemes: /docs then offers "Authorize" and its
+# "Try it out" sends the key. Their values are not used: the headers are read as they came.
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="One of POLYHEAD_API_KEYS, when set."
+)
+BEARER = HTTPBearer(auto_error=False, description="The same key as `Authorization: Bearer KEY`.")
+
+
+async def require_api_key(
+    request: Request,
+    _key: Annotated[str | None, Security(API_KEY_HEADER)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+) -> None:
     """401 unless a configured API key is given (the rule of ``serving.auth``)."""
     settings: Settings = request.app.state.settings
     check_key(

@@ -424,3 +424,29 @@ def test_docs_and_redoc_render_from_the_gateway_alone(session):
     assert any(p.endswith("swagger-ui-bundle.js") for p in statics), statics
     assert any(p.endswith("redoc.standalone.js") for p in statics), statics
     session.check()
+
+
+def test_docs_try_it_out_sends_the_key_given_to_authorize(browser, keyed_url):
+    """With API keys set, /docs' Authorize takes the key and "Try it out" sends it: 200."""
+    s = Session(browser, keyed_url, DESKTOP)
+    try:
+        page = s.open("/docs")
+        page.wait_for_selector(".opblock", timeout=20_000)
+        page.locator("button.authorize").first.click()
+        dialog = page.locator(".dialog-ux")
+        dialog.locator("input").first.fill(KEY)  # the X-API-Key scheme comes first
+        dialog.locator("button.authorize").first.click()
+        dialog.locator("button.btn-done").first.click()
+        block = page.locator(".opblock-get", has=page.locator('[data-path="/v1/models"]')).first
+        block.locator(".opblock-summary").click()
+        block.locator("button.try-out__btn").click()
+        block.locator("button.execute").click()
+        code = block.locator(".live-responses-table tbody .response-col_status").first
+        code.wait_for(timeout=20_000)
+        assert code.inner_text().strip() == "200", block.inner_text()
+        sent = [r for r in s.requests if urlsplit(r.url).path == "/v1/models"]
+        assert sent and all(r.headers.get("x-api-key") == KEY for r in sent)
+        shoot(page, "docs-authorized")
+        s.check()
+    finally:
+        s.context.close()
