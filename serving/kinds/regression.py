@@ -24,7 +24,12 @@ class Regression(Kind):
     name = "regression"
     dense = False
     decoded = (DecodedTensor("values", ()),)  # no ops: the raw output itself
-    view: ClassVar[dict[str, Any]] = {"draw": "values", "items": "values", "units": "units"}
+    view: ClassVar[dict[str, Any]] = {
+        "draw": "values",
+        "items": "values",
+        "units": "units",
+        "caption": "Values predicted for the whole image, in the task's units.",
+    }
 
     def summarize(
         self, task: TaskSpec, maps: Maps, options: DecodeOptions, placement: dict[str, Any] | None

@@ -127,11 +127,11 @@ def session(browser, open_url) -> Iterator[Session]:
     s.context.close()
 
 
-def described(url: str, key: str | None = None) -> dict:
+def described(url: str, key: str | None = None, model: str = "scenes") -> dict:
     import httpx
 
     headers = {"x-api-key": key} if key else {}
-    return httpx.get(f"{url}/v1/models/scenes", headers=headers, timeout=10).json()
+    return httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=10).json()
 
 
 def wait_for_prediction(page: Page, file: str) -> None:
@@ -173,7 +173,8 @@ def assert_every_task_drawn(page: Page, model: dict) -> None:
             ), entries
         elif draw == "heat":
             ticks = card.locator(".ticks span").all_inner_texts()
-            assert len(ticks) == 3 and all(t.endswith(f" {task['units']}") for t in ticks), ticks
+            units = f" {task['units']}" if task.get("units") else ""
+            assert len(ticks) == 3 and all(t.endswith(units) for t in ticks), ticks
         elif draw == "rgb":
             assert card.locator("canvas.ball").count() == 1
             assert "red" in card.inner_text() and "blue" in card.inner_text()
@@ -183,6 +184,9 @@ def assert_every_task_drawn(page: Page, model: dict) -> None:
             answer = card.locator(".answer strong").inner_text()
             assert answer in task["labels"], answer
             assert card.locator(".bars li").count() == min(5, len(task["labels"]))
+        elif draw == "values":
+            values = card.locator("ul.values li").all_inner_texts()
+            assert len(values) == task["output_shape"][-1] and all(": " in v for v in values), values
         elif draw == "scores":
             assert card.locator(".bars li").count() == len(task["labels"])
             assert card.locator(".bars .threshold").count() == len(task["labels"])
@@ -447,6 +451,41 @@ def test_docs_try_it_out_sends_the_key_given_to_authorize(browser, keyed_url):
         sent = [r for r in s.requests if urlsplit(r.url).path == "/v1/models"]
         assert sent and all(r.headers.get("x-api-key") == KEY for r in sent)
         shoot(page, "docs-authorized")
+        s.check()
+    finally:
+        s.context.close()
+
+
+# ---- every kind the server knows --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_kind_url(tmp_path_factory) -> Iterator[str]:
+    """A gateway serving one model with a task of every kind the server registers."""
+    from serving.kinds import KINDS
+    from tests.onnx_models import task_of, write_version
+
+    kinds = sorted(k for k in KINDS if not k.startswith("toy"))  # a test's own kind stays out
+    root = tmp_path_factory.mktemp("every-kind")
+    write_version(root, "allkinds", 1, [task_of(k, name=f"t_{k}") for k in kinds], (48, 64))
+    with gateway_process(root, reload_interval_s="0") as url:
+        yield url
+
+
+def test_every_kind_the_server_knows_is_drawn(browser, every_kind_url):
+    """Saliency and regression too, which the bundled model does not have: each card drawn."""
+    model = described(every_kind_url, model="allkinds")
+    assert {"saliency", "regression"} <= {t["kind"] for t in model["tasks"]}
+    s = Session(browser, every_kind_url, DESKTOP)
+    try:
+        page = s.open()
+        page.wait_for_selector("#model option", state="attached")
+        page.set_input_files(
+            "#file", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo_jpeg()}]
+        )
+        wait_for_prediction(page, "photo.jpg")
+        assert_every_task_drawn(page, model)
+        shoot(page, "every-kind")
         s.check()
     finally:
         s.context.close()
