@@ -186,7 +186,9 @@ def assert_every_task_drawn(page: Page, model: dict) -> None:
             assert card.locator(".bars li").count() == min(5, len(task["labels"]))
         elif draw == "values":
             values = card.locator("ul.values li").all_inner_texts()
-            assert len(values) == task["output_shape"][-1] and all(": " in v for v in values), values
+            assert len(values) == task["output_shape"][-1] and all(": " in v for v in values), (
+                values
+            )
         elif draw == "scores":
             assert card.locator(".bars li").count() == len(task["labels"])
             assert card.locator(".bars .threshold").count() == len(task["labels"])
