@@ -217,6 +217,78 @@ def compare(
     run_compare(runs, out, data, split, baselines)
 
 
+# Options of the task-relationship commands (affinity, group): one definition each.
+AffinityBaselinesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of single-task baselines (TASK/ run folders) (default: RUN/baselines)."
+    ),
+]
+AffinityImagesOption = Annotated[
+    int,
+    typer.Option(help="Held-out images RSA compares representations on (fewer if the split is)."),
+]
+AffinityDataOption = Annotated[
+    Path | None, typer.Option(help="Dataset folder (default: the one trained on).")
+]
+AffinitySplitOption = Annotated[
+    str | None, typer.Option(help="Split of the images (default: the run's validation split).")
+]
+
+
+@_command(app, "affinity", "train")
+def affinity(
+    run: Annotated[Path, typer.Argument(help="A training run directory.")],
+    baselines: AffinityBaselinesOption = None,
+    images: AffinityImagesOption = 100,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for affinity.json and the heat maps (default: RUN/affinity)."),
+    ] = None,
+    data: AffinityDataOption = None,
+    split: AffinitySplitOption = None,
+) -> None:
+    """Which tasks help each other: RSA per backbone stage and TAG (if the run measured it)."""
+    from training.cli import affinity as run_affinity
+
+    run_affinity(run, baselines, images, out, data, split)
+
+
+@_command(app, "group", "train")
+def group(
+    run: Annotated[Path, typer.Argument(help="A training run directory.")],
+    budget: Annotated[
+        int, typer.Option(help="Trunks affordable: at most this many groups, one network each.")
+    ],
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Affinity to group by: tag (the run's affinity_tag.json) or rsa (single-task "
+            "baselines) (default: tag if the run measured it)."
+        ),
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="Configs for the best partition (disjoint groups) or selection (overlapping) "
+            "(default: the higher predicted total)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the configs and grouping.json (default: RUN/grouping)."),
+    ] = None,
+    baselines: AffinityBaselinesOption = None,
+    images: AffinityImagesOption = 100,
+    data: AffinityDataOption = None,
+    split: AffinitySplitOption = None,
+) -> None:
+    """Which tasks belong together: groups within a budget, and configs to train them."""
+    from training.cli import group as run_group
+
+    run_group(run, budget, method, criterion, out, baselines, images, data, split)
+
+
 @_command(app, "export", "train")
 def export(
     run: Annotated[Path | None, typer.Option(help="A finished training run directory.")] = None,

@@ -22,9 +22,12 @@ def baseline_config(cfg: TrainConfig, task: str) -> TrainConfig:
     """``cfg`` for ``task`` alone: the single-task architecture, everything else unchanged."""
     raw = cfg.model_dump(mode="json")
     raw["name"] = f"{cfg.name}-{task}"
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] == task]
+    # alone, a task is what the model serves (an auxiliary one too: its own baseline)
+    raw["tasks"] = [t | {"auxiliary": False} for t in raw["tasks"] if t["name"] == task]
     raw["model"]["architecture"] = "single_task"
+    raw["model"].pop("branches", None)  # the tree of a branched run has no meaning alone
     raw["weighting"] = {"name": "equal", "params": {}}
+    raw.pop("analysis", None)  # inter-task affinity needs tasks to measure between
     return parse_config(raw, f"baseline of {task}")
 
 

@@ -298,3 +298,39 @@ def compare(
     compare_runs(runs, out, data, split, baselines)
     typer.echo((out / "compare.md").read_text())
     typer.echo(f"wrote {out / 'compare.md'}, compare.json, losses.png, weights.png")
+
+
+def affinity(
+    run: Path,
+    baselines: Path | None,
+    images: int,
+    out: Path | None,
+    data: Path | None,
+    split: str | None,
+) -> None:
+    """Print and write a run's task affinities: RSA per stage (baselines), TAG (if measured)."""
+    from training.analysis.report import AFFINITY_DIR, collect, format_report, write_report
+
+    found = collect(run, baselines, images, data, split)
+    typer.echo(format_report(found))
+    first, *figures = write_report(found, out or Path(run) / AFFINITY_DIR)
+    typer.echo(f"wrote {first}" + (f" and {', '.join(p.name for p in figures)}" if figures else ""))
+
+
+def group(
+    run: Path,
+    budget: int,
+    method: str | None,
+    criterion: str | None,
+    out: Path | None,
+    baselines: Path | None,
+    images: int,
+    data: Path | None,
+    split: str | None,
+) -> None:
+    """Propose task groups within ``budget`` trunks and write their configs."""
+    from training.analysis.plan import GROUPING_FILE, format_plan, plan_groups
+
+    plan = plan_groups(run, budget, method, out, criterion, baselines, images, data, split)
+    typer.echo(format_plan(plan))
+    typer.echo(f"wrote {plan.branched.parent / GROUPING_FILE}")

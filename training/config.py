@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from serving.manifest import Std, TaskName
 from training.errors import ConfigError
 from training.models import ARCHITECTURES, BACKBONES
+from training.models.branched import NUM_STAGES, Branches, branch_entries, plan_tree
 from training.tasks import TASK_KINDS
 from training.weighting import WEIGHTINGS
 
@@ -86,6 +95,9 @@ class ModelConfig(_Section):
     # weight of the deep-supervision losses (PAD-Net's initial and MTI-Net's per-scale
     # predictions) next to the final one, inside each task's loss: 1 in the reference code
     deep_supervision_weight: float = Field(1.0, ge=0.0, le=100.0)
+    # the branched architecture's tree, [[stage, [[task, ...], [task, ...]]], ...]
+    # (training.models.branched); None: its default, one branch per task at the last stage
+    branches: Branches | None = None
 
     @field_validator("backbone")
     @classmethod
@@ -102,6 +114,19 @@ class ModelConfig(_Section):
                 f"unknown architecture {v!r}; valid: {', '.join(ARCHITECTURES.names())}"
             )
         return v
+
+    @field_validator("branches", mode="before")
+    @classmethod
+    def _branch_entries(cls, v: Any, info: ValidationInfo) -> Any:
+        # the tasks are checked where the tree is built (they are not known here)
+        if v is None:
+            return v
+        architecture = info.data.get("architecture", "branched")
+        if architecture != "branched":
+            raise ValueError(
+                f"only the branched architecture takes branches (architecture is {architecture!r})"
+            )
+        return branch_entries(v)
 
 
 class WeightingConfig(_Section):
@@ -159,6 +184,29 @@ class ExportConfig(_Section):
     rtol: float = Field(1e-3, ge=0.0)
 
 
+class AffinityConfig(_Section):
+    """Inter-task affinity (TAG, Fifty et al. 2021) measured during training.
+
+    See ``training.analysis.tag``. Off unless ``every_steps`` is set; the run then writes
+    ``affinity_tag.json`` with the mean matrix over the measured steps.
+    """
+
+    every_steps: int | None = Field(None, ge=1)  # measure at every this many optimizer steps
+    lr: float | None = Field(None, gt=0.0)  # lookahead SGD step; None: the optimizer's current
+
+    @model_validator(mode="after")
+    def _lr_needs_steps(self) -> AffinityConfig:
+        if self.lr is not None and self.every_steps is None:
+            raise ValueError("lr is set but every_steps is not: set every_steps to measure")
+        return self
+
+
+class AnalysisConfig(_Section):
+    """Measurements of the tasks' relationships taken while training."""
+
+    affinity: AffinityConfig | None = None
+
+
 class TrainConfig(_Section):
     """A whole training run."""
 
@@ -170,6 +218,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
     export: ExportConfig = ExportConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> TrainConfig:
@@ -179,6 +228,11 @@ class TrainConfig(_Section):
             raise ValueError(f"tasks: duplicate task names {dupes}")
         if all(t.auxiliary for t in self.tasks):
             raise ValueError("tasks: every task is auxiliary; at least one must be exported")
+        if self.model.branches is not None:  # the tree against the tasks, before any model
+            try:
+                plan_tree(self.model.branches, names, NUM_STAGES)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
         return self
 
     @property

@@ -34,7 +34,9 @@ def build_model(
     weights = cfg.model.weights if load_weights else None
     backbone = build_backbone(cfg.model.backbone, cfg.model.width, weights)
     arch = ARCHITECTURES.get(cfg.model.architecture)
-    return arch(backbone, tasks, neck_channels=cfg.model.neck_channels)  # type: ignore[call-arg]
+    # the config allows branches with the branched architecture only
+    options = {} if cfg.model.branches is None else {"branches": cfg.model.branches}
+    return arch(backbone, tasks, neck_channels=cfg.model.neck_channels, **options)  # type: ignore[call-arg]
 
 
 def tasks_to_json(tasks: list[TaskKind]) -> list[dict[str, Any]]:

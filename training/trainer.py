@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from training import distributed
+from training.analysis.tag import SUMMARY_FILE, AffinityTracker, task_loss_fn
 from training.checkpoint import (
     Progress,
     find_checkpoint,
@@ -207,9 +209,31 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.progress = Progress()
+        self.affinity = self._affinity_tracker()
+        self.affinity_record: dict[str, Any] | None = None  # this step's, for the log
+        self.train_seconds = 0.0  # in the training loop, this process
         if self.dist.enabled:
             log.info("rank %d of %d on %s", self.dist.rank, self.dist.world_size, self.device)
         distributed.barrier()  # every rank has checked the run directory before rank 0 writes
+
+    def _affinity_tracker(self) -> AffinityTracker | None:
+        """The inter-task affinity measurement the config asks for (``analysis.affinity``)."""
+        aff = self.cfg.analysis.affinity
+        if aff is None or aff.every_steps is None:
+            return None
+        if len(self.tasks) < 2:
+            raise ConfigError(
+                "analysis.affinity: inter-task affinity is measured between tasks; this run "
+                f"trains one ({self.tasks[0].name}): nothing to measure, remove the section"
+            )
+        if not self.model.shared_parameters():
+            raise ConfigError(
+                f"analysis.affinity: {self.cfg.model.architecture} shares no parameter between "
+                "tasks, so no task's update reaches another: nothing to measure"
+            )
+        names, weight = self.cfg.task_names, self.cfg.model.deep_supervision_weight
+        loss_fn = task_loss_fn(self.tasks_by_name, names, weight)
+        return AffinityTracker(self.tasks, aff.every_steps, aff.lr, loss_fn)
 
     def _check_run_dir(self) -> None:
         cfg_file = self.out / CONFIG_FILE
@@ -261,7 +285,9 @@ class Trainer:
 
         metrics: dict[str, dict[str, float]] = {}
         while self.progress.epoch < cfg.optim.epochs:
+            start = time.perf_counter()
             self._train_epoch(log_path)
+            self.train_seconds += time.perf_counter() - start
             metrics = self.validate()
             epoch = self.progress.epoch
             mean = self._epoch_means()
@@ -279,6 +305,8 @@ class Trainer:
             self.progress = Progress(epoch=epoch + 1, global_step=self.progress.global_step)
             self._checkpoint()
 
+        if self.affinity is not None and self.dist.is_main:
+            self.affinity.write_summary(log_path, self.out / SUMMARY_FILE, self.train_seconds)
         if self.dist.is_main:
             save_weights(self.model, self.out / WEIGHTS_FILE)
         distributed.shutdown()  # waits for every rank, then leaves the process group
@@ -351,6 +379,9 @@ class Trainer:
             p.epoch_loss_count += 1
             p.batch_in_epoch += 1
             p.global_step += 1
+            if self.affinity_record is not None:
+                self._log(log_path, self.affinity_record)
+                self.affinity_record = None
             bar.update(1)
             bar.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
             if p.global_step % cfg.run.log_every_steps == 0:
@@ -383,6 +414,19 @@ class Trainer:
         losses, deep = task_losses(
             self.tasks_by_name, cfg.task_names, out, targets, cfg.model.deep_supervision_weight
         )
+        step = self.progress.global_step + 1  # the optimizer step this batch makes, from 1
+        if self.affinity is not None and self.affinity.due(step):
+            # at theta^t, on this batch, before the step's backward (which reuses the graph)
+            self.affinity_record = self.affinity.measure(
+                step,
+                self.model,
+                image,
+                targets,
+                losses,
+                self.optimizer,
+                grad_scale=self.scaler.get_scale() if self.amp else 1.0,
+                autocast=self._autocast,
+            )
         self.deep_supervision = {k: float(v.detach()) for k, v in deep.items()}
         losses = distributed.global_values(losses)  # the same weights on every rank
         self.optimizer.zero_grad(set_to_none=True)
@@ -421,6 +465,9 @@ class Trainer:
                 self.cfg.model.deep_supervision_weight,
             )
         return distributed.global_values(losses)
+
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
     @property
     def tasks_by_name(self) -> dict[str, Any]:

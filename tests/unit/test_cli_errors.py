@@ -34,6 +34,8 @@ TRAINING_COMMANDS = {
     ("evaluate",): ["--run", "run"],
     ("export",): ["--run", "run"],
     ("compare",): ["run"],
+    ("affinity",): ["run"],
+    ("group",): ["run", "--budget", "2"],
     ("list",): ["tasks"],
     ("data", "synth"): ["--out", "data"],
     ("data", "convert"): ["--format", "nyud", "--src", "src", "--out", "data"],

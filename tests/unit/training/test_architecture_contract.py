@@ -191,7 +191,8 @@ def conv_layers_reached(model, names: list[str]) -> int:
 
 EXPORTS = [(arch, "all kinds") for arch in ARCHITECTURES.names()] + [
     (arch, "auxiliary tasks")
-    for arch in DEEP_SUPERVISION  # elsewhere a head left out by name
+    # elsewhere a head left out by name; in branched, an auxiliary task's whole branch
+    for arch in [*DEEP_SUPERVISION, "branched"]
 ]
 
 
