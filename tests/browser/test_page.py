@@ -32,6 +32,8 @@ DOCS_IMAGES = ROOT / "docs" / "images"
 KEY = "browser-test-key-0123456789"
 DESKTOP = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
+# how long the page may take to answer or draw: generous, CI machines are shared and slow
+WAIT_MS = 60_000
 # Chromium logs a failed fetch (a 4xx the page then explains) as a console error
 FAILED_FETCH = "Failed to load resource: the server responded with a status of 4"
 
@@ -141,7 +143,7 @@ def wait_for_prediction(page: Page, file: str) -> None:
         " && document.querySelectorAll('#out .card[data-task]').length > 0"
         " && document.querySelector('#out .card.input').innerText.includes(file)",
         arg=file,
-        timeout=20_000,
+        timeout=WAIT_MS,
     )
 
 
@@ -416,15 +418,15 @@ def test_docs_and_redoc_render_from_the_gateway_alone(session):
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
 
     page = session.open("/docs")
-    page.wait_for_selector(".opblock", timeout=20_000)
+    page.wait_for_selector(".opblock", timeout=WAIT_MS)
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert any("/v1/models/{name}/predict" in p.replace("\u200b", "") for p in paths), paths
     shoot(page, "docs")
 
     page = session.open("/redoc")
-    page.wait_for_selector("h1", timeout=20_000)
+    page.wait_for_selector("h1", timeout=WAIT_MS)
     assert "polyhead" in page.locator("h1").first.inner_text()
-    page.get_by_text("/v1/models/{name}/predict").first.wait_for(timeout=20_000)
+    page.get_by_text("/v1/models/{name}/predict").first.wait_for(timeout=WAIT_MS)
     shoot(page, "redoc")
     statics = {urlsplit(r.url).path for r in session.requests}
     assert any(p.endswith("swagger-ui-bundle.js") for p in statics), statics
@@ -437,7 +439,7 @@ def test_docs_try_it_out_sends_the_key_given_to_authorize(browser, keyed_url):
     s = Session(browser, keyed_url, DESKTOP)
     try:
         page = s.open("/docs")
-        page.wait_for_selector(".opblock", timeout=20_000)
+        page.wait_for_selector(".opblock", timeout=WAIT_MS)
         page.locator("button.authorize").first.click()
         dialog = page.locator(".dialog-ux")
         dialog.locator("input").first.fill(KEY)  # the X-API-Key scheme comes first
@@ -448,7 +450,7 @@ def test_docs_try_it_out_sends_the_key_given_to_authorize(browser, keyed_url):
         block.locator("button.try-out__btn").click()
         block.locator("button.execute").click()
         code = block.locator(".live-responses-table tbody .response-col_status").first
-        code.wait_for(timeout=20_000)
+        code.wait_for(timeout=WAIT_MS)
         assert code.inner_text().strip() == "200", block.inner_text()
         sent = [r for r in s.requests if urlsplit(r.url).path == "/v1/models"]
         assert sent and all(r.headers.get("x-api-key") == KEY for r in sent)

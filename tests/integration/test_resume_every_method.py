@@ -32,7 +32,7 @@ KILLED = [
     "uncertainty", "equal", "mgda",
 ]  # fmt: skip
 STATELESS = ["aligned_mtl", "cagrad", "dualproj", "fixed", "gls", "imtl_g", "upgrad"]
-ARCHITECTURES = ["hps", "mtan", "cross_stitch", "nddr", "padnet", "mtinet"]
+ARCHITECTURES = ["hps", "mtan", "cross_stitch", "nddr", "padnet", "mtinet", "branched"]
 PARAMS = {"nash_mtl": "{update_weights_every: 2}"}
 KILL_AFTER_STEP = 3  # of 8: 2 epochs of 4 batches
 

@@ -1,0 +1,140 @@
+"""The README's task-grouping example: which of the synthetic scenes' tasks belong together, and
+does a branched model built from that answer beat hard parameter sharing at the same seeds?
+
+    python docs/task_grouping.py [--seeds 0 1 2] [--epochs E] [--jobs 2] [--budgets 2 3]
+
+On the scenes of docs/compare_methods.py (written there if missing), for every seed: the six
+single-task baselines and one HPS model (equal weighting) that measures TAG's inter-task
+affinity every 10 steps while it trains (measuring does not change the training). Then, on seed
+0's HPS run and baselines, what a user would type: ``polyhead affinity RUN --baselines ...``
+(RSA per backbone stage, TAG) and ``polyhead group RUN --budget N`` for each budget, whose
+``branched.yaml`` is trained at every seed; finally the HPS runs and the branched ones are
+compared with the baselines' mean over seeds (``training.compare.compare_runs``). Everything the
+commands print and draw goes to ``docs/grouping``. Finished runs are kept (a re-run continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs"))
+
+from compare_methods import EPOCHS, SEEDS, ensure_data, train  # noqa: E402
+
+from training.baselines import baseline_config  # noqa: E402
+from training.compare import compare_runs  # noqa: E402
+from training.config import TrainConfig, load_config  # noqa: E402
+from training.runs import WEIGHTS_FILE  # noqa: E402
+
+log = logging.getLogger("task_grouping")
+
+#: TAG is measured every this many optimizer steps (one measurement costs about T/2 steps).
+AFFINITY_EVERY = 10
+BUDGETS = (2, 3)
+
+
+def train_all(todo: list[tuple[TrainConfig, Path]], jobs: int, threads: int) -> None:
+    """Train the unfinished runs of ``todo``, ``jobs`` at a time."""
+    todo = [(c, o) for c, o in todo if not (o / WEIGHTS_FILE).is_file()]
+    log.info("%d runs to train, %d at a time, %d thread(s) each", len(todo), jobs, threads)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+        futures = [pool.submit(train, cfg, out, threads) for cfg, out in todo]
+        for f in futures:
+            out, seconds = f.result()
+            log.info("trained %s in %.0f s", out, seconds)
+
+
+def polyhead(args: list[str], record: Path) -> str:
+    """Run a polyhead command as a user would; keep what it printed in ``record``."""
+    cmd = [str(ROOT / ".venv" / "bin" / "polyhead"), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    shown = "$ polyhead " + " ".join(str(a).replace(str(ROOT) + "/", "") for a in args)
+    record.write_text(shown + "\n" + done.stdout.replace(str(ROOT) + "/", ""))
+    print(record.read_text())
+    return done.stdout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "grouping")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "compare")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "grouping")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, args.jobs))
+    started = time.perf_counter()
+    ensure_data(args.data)
+    config = ROOT / "configs" / "compare.yaml"
+    base = {"data.root": str(args.data), "optim.epochs": args.epochs}
+    affinity = {"analysis": {"affinity": {"every_steps": AFFINITY_EVERY}}}
+
+    todo: list[tuple[TrainConfig, Path]] = []
+    for seed in args.seeds:
+        seeded = {**base, "run.seed": seed}
+        reference = load_config(config, seeded)
+        for task in reference.task_names:
+            todo.append((baseline_config(reference, task), args.out / f"baselines-s{seed}" / task))
+        todo.append((load_config(config, {**seeded, **affinity}), args.out / f"hps-s{seed}"))
+    train_all(todo, args.jobs, threads)
+
+    first = args.seeds[0]
+    run, baselines = args.out / f"hps-s{first}", args.out / f"baselines-s{first}"
+    args.docs.mkdir(parents=True, exist_ok=True)
+    polyhead(
+        ["affinity", str(run), "--baselines", str(baselines), "--out", str(run / "affinity")],
+        args.docs / "affinity.txt",
+    )
+    for png in sorted((run / "affinity").glob("*.png")):
+        shutil.copy(png, args.docs / png.name)
+    proposals: dict[int, Path] = {}
+    for budget in args.budgets:
+        out = run / f"grouping-b{budget}"
+        polyhead(
+            [
+                *("group", str(run), "--budget", str(budget)),
+                *("--baselines", str(baselines), "--out", str(out)),
+            ],
+            args.docs / f"group-b{budget}.txt",
+        )
+        proposals[budget] = out / "branched.yaml"
+        shutil.copy(out / "branched.yaml", args.docs / f"branched-b{budget}.yaml")
+
+    todo = []
+    for seed in args.seeds:
+        for budget, proposal in proposals.items():
+            cfg = load_config(proposal, {**base, "run.seed": seed, "analysis": {}})
+            todo.append((cfg, args.out / f"branched-b{budget}-s{seed}"))
+    train_all(todo, args.jobs, threads)
+
+    runs = [args.out / f"hps-s{s}" for s in args.seeds]
+    runs += [args.out / f"branched-b{b}-s{s}" for b in args.budgets for s in args.seeds]
+    bases = [args.out / f"baselines-s{s}" for s in args.seeds]
+    rows = compare_runs(runs, args.docs, baselines=bases)
+    log.info("the example took %.1f min", (time.perf_counter() - started) / 60)
+    print((args.docs / "compare.md").read_text())
+    print(f"{len(rows)} runs compared; files in {args.docs}")
+
+
+if __name__ == "__main__":
+    main()
