@@ -27,6 +27,7 @@ from training.models import ARCHITECTURES, build_backbone
 from training.models.branched import Branched
 from training.runs import WEIGHTS_FILE, build_model, load_run
 from training.tasks import TaskKind, build_task
+from training.weighting import WEIGHTINGS
 
 CONFIG = ROOT / "configs" / "branched.yaml"
 LABELS = ("x", "y", "z")
@@ -266,6 +267,16 @@ def data(tmp_path_factory):
     ids=["equal", "pcgrad", "mgda", "mgda-representation"],
 )
 def test_one_training_step_moves_every_branch(data, tmp_path, weighting):
+    one_step_moves_every_branch(data, tmp_path, weighting)
+
+
+@pytest.mark.parametrize("name", [n for n in WEIGHTINGS.names() if n not in {"equal", "pcgrad"}])
+def test_every_weighting_trains_a_branched_model(data, tmp_path, name):
+    """Every registered weighting, with its defaults, steps every branch of the tree."""
+    one_step_moves_every_branch(data, tmp_path, {"name": name})
+
+
+def one_step_moves_every_branch(data, tmp_path, weighting):
     cfg = load_config(CONFIG, {"data.root": str(data), "weighting": weighting})
     t = trainer.Trainer(cfg, tmp_path / "run")
     assert isinstance(t.model, Branched)
