@@ -106,6 +106,22 @@ def train(cfg: TrainConfig, out: Path, threads: int) -> tuple[str, float]:
     return str(out), time.perf_counter() - started
 
 
+def train_all(todo: list[tuple[TrainConfig, Path]], jobs: int, threads: int) -> None:
+    """Train ``todo`` (config, run folder) ``jobs`` at a time, each on ``threads`` threads."""
+    log.info("%d runs to train, %d at a time, %d thread(s) each", len(todo), jobs, threads)
+    # spawn: a fresh interpreter per worker (torch's thread pools do not survive a fork)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+        futures = [pool.submit(train, cfg, out, threads) for cfg, out in todo]
+        try:
+            for f in futures:
+                out, seconds = f.result()
+                log.info("trained %s in %.0f s", out, seconds)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the runs under way finish; no new one starts
+            raise
+
+
 def jobs_to_run(args: argparse.Namespace) -> tuple[list[tuple[TrainConfig, Path]], list[Path]]:
     """Every run the benchmark needs (unfinished ones to train) and the combinations' runs."""
     base = {"data.root": str(args.data), "optim.epochs": args.epochs}
@@ -158,18 +174,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or max(1, cores // max(1, args.jobs))
     started = time.perf_counter()
-    log.info("%d runs to train, %d at a time, %d thread(s) each", len(todo), args.jobs, threads)
-    # spawn: a fresh interpreter per worker (torch's thread pools do not survive a fork)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-        futures = [pool.submit(train, cfg, out, threads) for cfg, out in todo]
-        try:
-            for f in futures:
-                out, seconds = f.result()
-                log.info("trained %s in %.0f s", out, seconds)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # the runs under way finish; no new one starts
-            raise
+    train_all(todo, args.jobs, threads)
     log.info("training took %.1f min", (time.perf_counter() - started) / 60)
     if args.threads:  # the comparison's latencies too (two threads on a shared machine stall)
         import torch

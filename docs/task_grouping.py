@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "docs"))
 
-from compare_methods import EPOCHS, SEEDS, ensure_data, train  # noqa: E402
+from compare_methods import EPOCHS, SEEDS, ensure_data, train_all  # noqa: E402
 
 from training.baselines import baseline_config  # noqa: E402
 from training.compare import compare_runs  # noqa: E402
@@ -42,18 +40,6 @@ log = logging.getLogger("task_grouping")
 #: TAG is measured every this many optimizer steps (one measurement costs about T/2 steps).
 AFFINITY_EVERY = 10
 BUDGETS = (2, 3)
-
-
-def train_all(todo: list[tuple[TrainConfig, Path]], jobs: int, threads: int) -> None:
-    """Train the unfinished runs of ``todo``, ``jobs`` at a time."""
-    todo = [(c, o) for c, o in todo if not (o / WEIGHTS_FILE).is_file()]
-    log.info("%d runs to train, %d at a time, %d thread(s) each", len(todo), jobs, threads)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
-        futures = [pool.submit(train, cfg, out, threads) for cfg, out in todo]
-        for f in futures:
-            out, seconds = f.result()
-            log.info("trained %s in %.0f s", out, seconds)
 
 
 def polyhead(args: list[str], record: Path) -> str:
@@ -96,7 +82,7 @@ def main() -> None:
         for task in reference.task_names:
             todo.append((baseline_config(reference, task), args.out / f"baselines-s{seed}" / task))
         todo.append((load_config(config, {**seeded, **affinity}), args.out / f"hps-s{seed}"))
-    train_all(todo, args.jobs, threads)
+    train_all([(c, o) for c, o in todo if not (o / WEIGHTS_FILE).is_file()], args.jobs, threads)
 
     first = args.seeds[0]
     run, baselines = args.out / f"hps-s{first}", args.out / f"baselines-s{first}"
@@ -125,7 +111,7 @@ def main() -> None:
         for budget, proposal in proposals.items():
             cfg = load_config(proposal, {**base, "run.seed": seed, "analysis": {}})
             todo.append((cfg, args.out / f"branched-b{budget}-s{seed}"))
-    train_all(todo, args.jobs, threads)
+    train_all([(c, o) for c, o in todo if not (o / WEIGHTS_FILE).is_file()], args.jobs, threads)
 
     runs = [args.out / f"hps-s{s}" for s in args.seeds]
     runs += [args.out / f"branched-b{b}-s{s}" for b in args.budgets for s in args.seeds]
