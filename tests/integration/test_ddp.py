@@ -26,7 +26,7 @@ def data(tmp_path_factory, cli_env):
     return path
 
 
-def train(cli_env, data, out, weighting: str, processes: int) -> None:
+def train(cli_env, data, out, weighting: str, processes: int, *sets: str) -> None:
     args = [
         "train",
         "--config",
@@ -39,6 +39,7 @@ def train(cli_env, data, out, weighting: str, processes: int) -> None:
         f"weighting={weighting}",
         "--set",
         "data.augment.hflip=false",
+        *(x for value in sets for x in ("--set", value)),
     ]
     if processes == 1:
         cmd = [*polyhead_cmd(), *args]
@@ -92,6 +93,28 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(cli_env, data, tmp_
     ):
         for t, w in a["weights"].items():
             assert b["weights"][t] == pytest.approx(w, rel=1e-3, abs=1e-5), (a["step"], t)
+
+
+def test_two_processes_measure_the_tag_affinity_of_one(cli_env, data, tmp_path):
+    """TAG through torchrun: the same measurements, logged once, summarised by rank 0."""
+    every = "analysis.affinity.every_steps=3"
+    train(cli_env, data, tmp_path / "one", "{name: equal}", 1, every)
+    train(cli_env, data, tmp_path / "two", "{name: equal}", 2, every)
+
+    def affinity(run):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        logged = [x for x in lines if "affinity" in x]
+        return logged, json.loads((run / "affinity_tag.json").read_text())
+
+    (one_log, one), (two_log, two) = affinity(tmp_path / "one"), affinity(tmp_path / "two")
+    assert [x["step"] for x in two_log] == [x["step"] for x in one_log] == one["steps"]
+    assert two["measurements"] == one["measurements"] == len(one_log) > 0
+    assert two["tasks"] == one["tasks"]
+    for key in ("mean", "mean_over_lr"):
+        for src, row in one[key].items():
+            for dst, value in row.items():
+                got = two[key][src][dst]
+                assert got == pytest.approx(value, rel=1e-3, abs=1e-6), (key, src, dst)
 
 
 def test_batch_not_divisible_by_the_processes_is_refused(cli_env, data, tmp_path):
