@@ -198,6 +198,59 @@ def test_one_task_has_no_affinity_to_measure():
         inter_task_affinity(model, x, {"a": targets["a"]}, mse, model.shared_parameters(), 0.1)
 
 
+# --- the AMP path's pieces, on the CPU (the trainer's float16 autocast and GradScaler need CUDA) --
+
+
+def test_a_loss_scale_gives_the_affinity_of_the_unscaled_loss():
+    torch.manual_seed(0)
+    model = SharedRegressor(["a", "b", "c"]).train()
+    x, targets = regression_problem()
+    plain = inter_task_affinity(model, x, targets, mse, model.shared_parameters(), 0.05)
+    scaled = inter_task_affinity(
+        model, x, targets, mse, model.shared_parameters(), 0.05, grad_scale=2.0**16
+    )
+    assert torch.allclose(scaled.matrix, plain.matrix, rtol=1e-4, atol=1e-7)
+    assert plain.matrix.abs().max() > 1e-3
+
+
+def test_a_task_whose_scaled_gradient_overflows_leaves_its_row_undefined():
+    # under AMP, as GradScaler skips a step whose gradients are not finite
+    torch.manual_seed(0)
+    model = SharedRegressor(["a", "b", "c"]).train()
+    x, targets = regression_problem()
+    targets["c"] = targets["c"] * 1e18  # its loss is ~1e36: times the scale, inf in float32
+    z = inter_task_affinity(
+        model, x, targets, mse, model.shared_parameters(), 0.05, grad_scale=2.0**16
+    ).to_dict()
+    assert all(v is None for v in z["c"].values())
+    assert all(z[i][j] is not None for i in ("a", "b") for j in ("a", "b"))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_forwards_run_in_the_autocast_context_it_is_given():
+    torch.manual_seed(0)
+    model = SharedRegressor(["a", "b", "c"]).train()
+    x, targets = regression_problem()
+    entered: list[torch.dtype] = []
+
+    def bfloat16():
+        entered.append(torch.bfloat16)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def dtypes(out: MultiTaskOutput, y: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        entered.append(out.shared[0].dtype)
+        return mse(out, y)
+
+    low = inter_task_affinity(
+        model, x, targets, dtypes, model.shared_parameters(), 0.05, autocast=bfloat16
+    )
+    # one forward before, one after each task's step; each under autocast, in bfloat16
+    assert entered == [torch.bfloat16, torch.bfloat16] * 4
+    full = inter_task_affinity(model, x, targets, mse, model.shared_parameters(), 0.05)
+    assert not torch.equal(low.matrix, full.matrix)
+    assert torch.allclose(low.matrix, full.matrix, atol=0.05 * float(full.matrix.abs().max()))
+
+
 def test_the_mean_leaves_out_only_the_entries_a_measurement_left_undefined():
     mean = AffinityMean(["a", "b"])
     mean.add({"a": {"a": 1.0, "b": None}, "b": {"a": 2.0, "b": 4.0}})
